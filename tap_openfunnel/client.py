@@ -1,0 +1,479 @@
+"""The HTTP edge: base URL, auth header, error classification and retries."""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json
+import logging
+import random
+import threading
+import time
+import typing as t
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from tap_openfunnel import __version__
+from tap_openfunnel.exceptions import (
+    AmbiguousSubmitError,
+    ApiError,
+    AuthenticationError,
+    ConfigurationError,
+    ConflictError,
+    InsufficientCreditsError,
+    NotFoundError,
+    RejectedRequestError,
+    RetriesExhaustedError,
+)
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+LOGGER = logging.getLogger("tap-openfunnel")
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+_CREDIT_CODES = frozenset({"CREDITS_EXCEEDED", "INSUFFICIENT_CREDITS", "PAYMENT_REQUIRED"})
+_MAX_DETAIL = 500
+
+
+class RetriableError(Exception):
+    """A failure worth another try: 429, 5xx, a dropped connection or a cut-off body.
+
+    Args:
+        reason: Short description for logs (status or exception name).
+        status: HTTP status, when an answer arrived.
+        retry_after: Seconds the server asked us to wait, if it said.
+        sent: False only when the request surely never reached the server.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        sent: bool = True,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        self.sent = sent
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try before giving up on one request.
+
+    Attributes:
+        max_retries: Retries after the first attempt.
+        max_wait: The longest single wait between attempts, in seconds.
+        base_wait: The first backoff step, doubled each retry (with full jitter).
+    """
+
+    max_retries: int = 8
+    max_wait: float = 120.0
+    base_wait: float = 1.0
+
+    def wait_for(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based).
+
+        Args:
+            attempt: Which retry this is.
+            retry_after: The server's own hint, which wins when present.
+            rng: Source of jitter.
+
+        Returns:
+            The wait, never above ``max_wait``.
+        """
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_wait)
+        ceiling = min(self.base_wait * (2 ** (attempt - 1)), self.max_wait)
+        # Full jitter: many taps retrying at once do not hit the API in lockstep.
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+def check_api_url(api_url: str) -> str:
+    """Validate ``api_url``: HTTPS, or plain HTTP to loopback only.
+
+    Args:
+        api_url: The configured base URL.
+
+    Returns:
+        The URL without a trailing slash.
+
+    Raises:
+        ConfigurationError: When the URL would send the key in clear text.
+    """
+    parts = urlsplit(api_url)
+    host = parts.hostname or ""
+    if parts.scheme not in {"http", "https"} or not host:
+        msg = (
+            f"Setting 'api_url' must be an absolute http(s) URL such as "
+            f"https://api.openfunnel.dev, not {api_url!r}. Fix it in the tap's config."
+        )
+        raise ConfigurationError(msg)
+    if parts.scheme == "http" and not _is_loopback(host):
+        msg = (
+            f"Setting 'api_url' uses plain HTTP to {host}, which would send the API key "
+            "unencrypted. Use an https:// URL; plain http is accepted only for loopback "
+            "addresses such as a local fake server."
+        )
+        raise ConfigurationError(msg)
+    return api_url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_retry_after(response: requests.Response) -> float | None:
+    """Read how long the server wants us to wait: header (seconds or date), then body.
+
+    Args:
+        response: A 429 or 5xx answer.
+
+    Returns:
+        Seconds to wait, or None when the server did not say.
+    """
+    header = response.headers.get("Retry-After")
+    if header:
+        header = header.strip()
+        try:
+            return max(float(header), 0.0)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(header)
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                return max(when.timestamp() - time.time(), 0.0)
+    body = _json_or_none(response)
+    details = body.get("details") if isinstance(body, dict) else None
+    if isinstance(details, dict):
+        value = details.get("retry_after_seconds")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return max(float(value), 0.0)
+    return None
+
+
+def _json_or_none(response: requests.Response) -> t.Any:  # noqa: ANN401 - JSON is untyped
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def api_detail(response: requests.Response) -> str:
+    """Summarise what an error answer said, for a user-facing message.
+
+    Args:
+        response: The error answer.
+
+    Returns:
+        The API's own words (``detail``/``message``/``error_code``), shortened.
+    """
+    body = _json_or_none(response)
+    if isinstance(body, dict):
+        parts: list[str] = []
+        if body.get("error_code"):
+            parts.append(str(body["error_code"]))
+        detail = body.get("detail", body.get("message"))
+        if isinstance(detail, list):
+            parts.extend(_format_validation_item(item) for item in detail)
+        elif detail:
+            parts.append(str(detail))
+        if parts:
+            return "; ".join(parts)[:_MAX_DETAIL]
+    text = response.text.strip().replace("\n", " ")
+    return text[:_MAX_DETAIL] or "(empty body)"
+
+
+def _format_validation_item(item: object) -> str:
+    # FastAPI/pydantic shape: {"loc": ["body", "query"], "msg": "...", "type": "..."}.
+    if isinstance(item, dict):
+        loc = ".".join(str(part) for part in item.get("loc", []) if part != "body")
+        msg = item.get("msg", item)
+        return f"{loc}: {msg}" if loc else str(msg)
+    return str(item)
+
+
+class OpenFunnelClient:
+    """Every request to the API goes through here.
+
+    Args:
+        api_url: Base URL (already checked by :func:`check_api_url`).
+        api_key: Sent as ``X-API-Key``; never logged.
+        timeout: Read timeout per request, in seconds.
+        retry: The retry policy for idempotent requests.
+        pool_size: Connections kept open (at least the page concurrency).
+        sleep: Injected in tests so retries do not really wait.
+    """
+
+    def __init__(  # noqa: PLR0913 - all keyword-only settings
+        self,
+        *,
+        api_url: str,
+        api_key: str,
+        timeout: float = 60.0,
+        retry: RetryPolicy | None = None,
+        pool_size: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_url = api_url
+        self._api_key = api_key
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._rng_lock = threading.Lock()
+        self._pool_size = pool_size
+        self.session = self._new_session()
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(self._pool_size, 2))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers.update(
+            {
+                "X-API-Key": self._api_key,
+                "Accept": "application/json",
+                "User-Agent": f"tap-openfunnel/{__version__}",
+            },
+        )
+        # requests would pick up ~/.netrc and proxy credentials from the environment;
+        # neither belongs on these calls.
+        session.trust_env = False
+        return session
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.session.close()
+
+    # Public calls -----------------------------------------------------------------
+
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, t.Any]:
+        """GET with retries (safe: reading never costs credits).
+
+        Args:
+            path: Path below the base URL.
+            params: Query parameters.
+
+        Returns:
+            The decoded JSON object.
+        """
+        return self._with_retries("GET", path, lambda: self._send("GET", path, params=params))
+
+    def post_idempotent(self, path: str) -> dict[str, t.Any]:
+        """POST a command that is safe to repeat (cancel, pause, resume), with retries.
+
+        Args:
+            path: Path below the base URL.
+
+        Returns:
+            The decoded JSON object.
+        """
+        return self._with_retries("POST", path, lambda: self._send("POST", path, body={}))
+
+    def submit(self, path: str, body: Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """POST a job submission, retrying only when no job can have been created.
+
+        A submit spends credits and carries no idempotency key, so a retry after the
+        request may have reached the server could start a second, separately billed job.
+
+        Args:
+            path: The submit endpoint.
+            body: The JSON body.
+
+        Returns:
+            The decoded JSON object (with ``job_id``).
+
+        Raises:
+            AmbiguousSubmitError: The request may have created a job; not retried.
+        """
+        def attempt() -> dict[str, t.Any]:
+            try:
+                # A fresh connection per submit: a pooled keep-alive connection that
+                # the server has closed fails *after* sending, which is ambiguous.
+                return self._send("POST", path, body=body, fresh_connection=True)
+            except RetriableError as exc:
+                if exc.status == 429 or not exc.sent:  # noqa: PLR2004
+                    raise
+                what = f"HTTP {exc.status}" if exc.status else exc.reason
+                msg = (
+                    f"Submitting to {path} failed with {what} after the request may have "
+                    "reached OpenFunnel, so a job may have been created (and may spend "
+                    "credits). The tap does not retry a submit that might have landed. "
+                    "Check your OpenFunnel jobs; if one was created, put its job_id in "
+                    "'tam_job_ids' or 'lookalike_job_ids' to extract it without a new "
+                    "submit. Otherwise run the tap again."
+                )
+                raise AmbiguousSubmitError(msg, status=exc.status, path=path) from None
+
+        return self._with_retries("POST", path, attempt)
+
+    # Internals --------------------------------------------------------------------
+
+    def _with_retries(
+        self,
+        method: str,
+        path: str,
+        attempt: Callable[[], dict[str, t.Any]],
+    ) -> dict[str, t.Any]:
+        retries = 0
+        while True:
+            try:
+                return attempt()
+            except RetriableError as exc:
+                retries += 1
+                if retries > self.retry.max_retries:
+                    last = f"HTTP {exc.status}" if exc.status else exc.reason
+                    msg = (
+                        f"{method} {path} still failed after {self.retry.max_retries} "
+                        f"retries (last: {last}). The API or the network is having "
+                        "trouble; run the tap again later. Raise 'max_retries' or "
+                        "'max_retry_wait' to ride out longer outages."
+                    )
+                    raise RetriesExhaustedError(msg, status=exc.status, path=path) from None
+                with self._rng_lock:
+                    wait = self.retry.wait_for(retries, exc.retry_after, self._rng)
+                LOGGER.warning(
+                    "%s %s: %s; retry %d of %d in %.1f s.",
+                    method,
+                    path,
+                    exc.reason,
+                    retries,
+                    self.retry.max_retries,
+                    wait,
+                )
+                self._sleep(wait)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Mapping[str, t.Any] | None = None,
+        fresh_connection: bool = False,
+    ) -> dict[str, t.Any]:
+        url = f"{self.api_url}{path}"
+        headers = {"Connection": "close"} if fresh_connection else None
+        try:
+            response = self.session.request(
+                method,
+                url,
+                params=params,
+                json=body,
+                headers=headers,
+                timeout=(min(self.timeout, 30.0), self.timeout),
+                # A redirect would carry X-API-Key to wherever it points: requests
+                # strips only the Authorization header on cross-host redirects.
+                allow_redirects=False,
+            )
+        except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
+            raise RetriableError(type(exc).__name__, sent=False) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise RetriableError(_describe(exc), sent=not _never_sent(exc)) from None
+        except (requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            raise RetriableError(type(exc).__name__) from None
+        return self.validate_response(response, path)
+
+    def validate_response(self, response: requests.Response, path: str) -> dict[str, t.Any]:
+        """Classify an answer: return its JSON, raise retriable or fatal errors.
+
+        Args:
+            response: The HTTP answer.
+            path: Request path, for messages.
+
+        Returns:
+            The decoded JSON object of a 2xx answer.
+
+        Raises:
+            RetriableError: 429, 5xx, or a 2xx whose body is cut off or not JSON.
+        """
+        status = response.status_code
+        if status == 429 or status >= 500:  # noqa: PLR2004
+            raise RetriableError(
+                f"HTTP {status}",
+                status=status,
+                retry_after=parse_retry_after(response),
+            )
+        if 300 <= status < 400:  # noqa: PLR2004
+            location = urlsplit(response.headers.get("Location", "")).netloc or "elsewhere"
+            msg = (
+                f"{path} answered HTTP {status}, a redirect to {location}. The tap does not "
+                "follow redirects, so the API key is never sent to another address. Set "
+                "'api_url' to the address the API really answers on."
+            )
+            raise ApiError(msg, status=status, path=path)
+        if status >= 400:  # noqa: PLR2004
+            raise _fatal_error(response, path)
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            # A body cut short by the server, or an HTML error page from a proxy.
+            raise RetriableError(f"HTTP {status} with an incomplete JSON body") from None
+        if not isinstance(body, dict):
+            raise RetriableError(f"HTTP {status} with a non-object JSON body")
+        return body
+
+
+def _fatal_error(response: requests.Response, path: str) -> ApiError:
+    status = response.status_code
+    detail = api_detail(response)
+    if status in {401, 403}:
+        msg = (
+            f"Authentication failed: {path} answered HTTP {status} ({detail}). Check the "
+            "'api_key' setting (TAP_OPENFUNNEL_API_KEY); keys look like 'of_...'. "
+            "Requests with a refused key are not retried."
+        )
+        return AuthenticationError(msg, status=status, path=path)
+    if status == 404:  # noqa: PLR2004
+        msg = f"{path} answered HTTP 404 ({detail})."
+        return NotFoundError(msg, status=status, path=path)
+    if status == 409:  # noqa: PLR2004
+        msg = f"{path} answered HTTP 409 ({detail}): the job has already finished."
+        return ConflictError(msg, status=status, path=path)
+    code = ""
+    body = _json_or_none(response)
+    if isinstance(body, dict):
+        code = str(body.get("error_code") or "")
+    if status == 402 or code in _CREDIT_CODES:  # noqa: PLR2004
+        msg = (
+            f"OpenFunnel refused {path} for lack of credits (HTTP {status}: {detail}). "
+            "Top up the account or lower the request's 'limit', then run again."
+        )
+        return InsufficientCreditsError(msg, status=status, path=path)
+    if status in {400, 422}:
+        msg = (
+            f"OpenFunnel rejected the request to {path} (HTTP {status}): {detail}. "
+            "Correct the setting that feeds this field and run again."
+        )
+        return RejectedRequestError(msg, status=status, path=path)
+    msg = f"{path} answered HTTP {status} ({detail}); this is not retried."
+    return ApiError(msg, status=status, path=path)
+
+
+def _describe(exc: requests.exceptions.ConnectionError) -> str:
+    cause = exc.args[0] if exc.args else exc
+    reason = getattr(cause, "reason", cause)
+    return f"connection error ({type(reason).__name__})"
+
+
+def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
+    """True when the connection failed before the request could be sent (refused, DNS)."""
+    cause = exc.args[0] if exc.args else None
+    reason = getattr(cause, "reason", None)
+    # urllib3 wraps connect-phase failures in NewConnectionError (refused, unreachable,
+    # name resolution); anything else (reset, remote closed) may come after sending.
+    return type(reason).__name__ in {"NewConnectionError", "NameResolutionError"}

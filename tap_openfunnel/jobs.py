@@ -1,0 +1,366 @@
+"""The job life cycle: statuses, poll snapshots, and waiting until jobs are terminal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import typing as t
+from dataclasses import dataclass, field
+from enum import Enum
+from urllib.parse import quote
+
+from tap_openfunnel.exceptions import (
+    JobNotFoundError,
+    JobTimeoutError,
+    NotFoundError,
+    RetriesExhaustedError,
+)
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from tap_openfunnel.exceptions import JobError
+
+LOGGER = logging.getLogger("tap-openfunnel")
+
+
+class JobType(str, Enum):
+    """The two job families, named as the ``jobs`` stream names them."""
+
+    TAM = "tam_build"
+    LOOKALIKE = "lookalike_search"
+
+    @property
+    def base_path(self) -> str:
+        """The submit endpoint; polls and commands live below it."""
+        if self is JobType.TAM:
+            return "/api/v1/tam/build"
+        return "/api/v1/account/search-lookalikes-bulk"
+
+    def job_path(self, job_id: str, command: str = "") -> str:
+        """Path of one job (poll), or of a command on it (``cancel``, ``pause``...).
+
+        Args:
+            job_id: The job.
+            command: Optional command suffix.
+
+        Returns:
+            The path, with the job id escaped.
+        """
+        path = f"{self.base_path}/{quote(job_id, safe='')}"
+        return f"{path}/{command}" if command else path
+
+
+class JobStatus(str, Enum):
+    """Statuses the reference documents. Anything else is treated as still working."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+KNOWN_STATUSES = frozenset(status.value for status in JobStatus)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a job's results, as the poll endpoint returned it.
+
+    Attributes:
+        name: The page name the API says it returned (``page``), e.g. ``page_0003``.
+        rows: The company rows (``[]`` when the API sent none or null).
+        next_cursor: The next page's name, or None on the last page written so far.
+        count: The API's own count of rows on this page, when it sent one.
+    """
+
+    name: str | None
+    rows: list[dict[str, t.Any]]
+    next_cursor: str | None
+    count: int | None = None
+
+    @classmethod
+    def from_response(cls, body: Mapping[str, t.Any]) -> Page:
+        """Read the page part of a poll answer, tolerating odd shapes.
+
+        Args:
+            body: The decoded poll answer.
+
+        Returns:
+            The page.
+        """
+        rows = body.get("rows")
+        cursor = body.get("next_cursor")
+        count = body.get("count")
+        name = body.get("page")
+        return cls(
+            name=str(name) if name is not None else None,
+            rows=[row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else [],
+            next_cursor=str(cursor) if cursor else None,
+            count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+        )
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """What one poll said about a job.
+
+    Attributes:
+        job_id: The job.
+        job_type: Its family.
+        status: The status string exactly as sent (may be unknown to us).
+        body: The whole decoded answer (manifest, progress fields, page).
+        cursor: The cursor the poll asked for (None: the first page).
+    """
+
+    job_id: str
+    job_type: JobType
+    status: str
+    body: Mapping[str, t.Any]
+    cursor: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job is completed, failed or cancelled."""
+        return self.status in {status.value for status in TERMINAL_STATUSES}
+
+    @property
+    def manifest(self) -> Mapping[str, t.Any]:
+        """The manifest, or an empty mapping before the job is terminal."""
+        manifest = self.body.get("manifest")
+        return manifest if isinstance(manifest, dict) else {}
+
+    @property
+    def page(self) -> Page:
+        """The page this poll returned."""
+        return Page.from_response(self.body)
+
+    def progress(self) -> tuple[t.Any, ...]:
+        """The fields whose change is worth a log line."""
+        body = self.body
+        return (
+            self.status,
+            body.get("processed"),
+            body.get("bands_done"),
+            body.get("bands_total"),
+            body.get("progress_message"),
+        )
+
+
+@dataclass
+class TrackedJob:
+    """A job being waited on, with its own poll schedule and deadline."""
+
+    job_id: str
+    job_type: JobType
+    cursor: str | None
+    started: float
+    deadline: float
+    interval: float
+    next_poll: float
+    last: JobSnapshot | None = None
+    error: JobError | None = None
+    terminal_at: dt.datetime | None = None
+    warned: set[str] = field(default_factory=set)
+
+    @property
+    def settled(self) -> bool:
+        """True when no more polling is needed (terminal, or given up on)."""
+        return self.error is not None or (self.last is not None and self.last.terminal)
+
+
+Fetch = t.Callable[[JobType, str, "str | None"], "Mapping[str, t.Any]"]
+
+
+class JobPoller:
+    """Waits on several jobs at once, each with a growing interval and a deadline.
+
+    Args:
+        fetch: Polls one job: ``fetch(job_type, job_id, cursor) -> answer``.
+        poll_interval: First wait between polls of a job, in seconds.
+        max_poll_interval: The interval doubles up to this.
+        job_timeout: A job not terminal this long after tracking began is given up on.
+        clock: Monotonic clock (injected in tests).
+        sleep: Sleep function (injected in tests).
+        now: Wall clock for ``terminal_at`` stamps.
+        on_snapshot: Called after every poll (the budget guard hooks in here).
+    """
+
+    def __init__(  # noqa: PLR0913 - keyword-only knobs
+        self,
+        fetch: Fetch,
+        *,
+        poll_interval: float,
+        max_poll_interval: float,
+        job_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        on_snapshot: Callable[[TrackedJob, JobSnapshot], None] | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max(max_poll_interval, poll_interval)
+        self.job_timeout = job_timeout
+        self._clock = clock
+        self._sleep = sleep
+        self._now = now
+        self._on_snapshot = on_snapshot
+        self.jobs: dict[str, TrackedJob] = {}
+
+    def track(self, job_id: str, job_type: JobType, cursor: str | None = None) -> TrackedJob:
+        """Start waiting on a job (idempotent).
+
+        Args:
+            job_id: The job.
+            job_type: Its family.
+            cursor: The page the first useful read would start at; polls ask for it so
+                that the poll that sees the job terminal already carries that page.
+
+        Returns:
+            The tracked job.
+        """
+        if job_id not in self.jobs:
+            start = self._clock()
+            self.jobs[job_id] = TrackedJob(
+                job_id=job_id,
+                job_type=job_type,
+                cursor=cursor,
+                started=start,
+                deadline=start + self.job_timeout,
+                interval=self.poll_interval,
+                next_poll=start,
+            )
+        return self.jobs[job_id]
+
+    def wait_for(self, job_id: str) -> JobSnapshot:
+        """Poll every unsettled job until this one is terminal.
+
+        Args:
+            job_id: A tracked job.
+
+        Returns:
+            The terminal snapshot.
+
+        Raises:
+            JobError: The job timed out or is unknown to the API.
+        """
+        job = self.jobs[job_id]
+        self._run_until(lambda: job.settled)
+        if job.error is not None:
+            raise job.error
+        assert job.last is not None  # noqa: S101 - settled without error means a snapshot
+        return job.last
+
+    def wait_all(self) -> None:
+        """Poll until every tracked job is terminal or given up on."""
+        self._run_until(lambda: all(job.settled for job in self.jobs.values()))
+
+    def _run_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            now = self._clock()
+            active = [job for job in self.jobs.values() if not job.settled]
+            for job in active:
+                if now >= job.deadline:
+                    job.error = self._timeout_error(job)
+                elif now >= job.next_poll:
+                    self._poll(job)
+            if done():
+                return
+            pending = [
+                min(job.next_poll, job.deadline) for job in self.jobs.values() if not job.settled
+            ]
+            if pending:
+                self._sleep(max(min(pending) - self._clock(), 0.0))
+
+    def _poll(self, job: TrackedJob) -> None:
+        try:
+            body = self._fetch(job.job_type, job.job_id, job.cursor)
+        except NotFoundError:
+            job.error = JobNotFoundError(
+                job.job_id,
+                f"Job {job.job_id} ({job.job_type.value}) was not found for this API key "
+                "(HTTP 404). It may belong to another key, be mistyped, or have expired. "
+                "Remove it from the config, or check the id.",
+            )
+            return
+        except RetriesExhaustedError as exc:
+            # Throttling or an outage while *waiting* is not the job's failure: keep
+            # waiting until the job's own deadline.
+            LOGGER.warning("Polling job %s failed for now (%s); will poll again.", job.job_id, exc)
+            self._reschedule(job)
+            return
+        snapshot = JobSnapshot(
+            job_id=job.job_id,
+            job_type=job.job_type,
+            status=str(body.get("status")),
+            body=body,
+            cursor=job.cursor,
+        )
+        self._log_progress(job, snapshot)
+        job.last = snapshot
+        if snapshot.terminal:
+            job.terminal_at = self._now()
+        else:
+            self._reschedule(job)
+        if self._on_snapshot is not None:
+            self._on_snapshot(job, snapshot)
+
+    def _reschedule(self, job: TrackedJob) -> None:
+        job.next_poll = self._clock() + job.interval
+        job.interval = min(job.interval * 2, self.max_poll_interval)
+
+    def _log_progress(self, job: TrackedJob, snapshot: JobSnapshot) -> None:
+        if job.last is not None and job.last.progress() == snapshot.progress():
+            return
+        status = snapshot.status
+        if status not in KNOWN_STATUSES and status not in job.warned:
+            job.warned.add(status)
+            LOGGER.warning(
+                "Job %s reports status %r, which the tap does not know; treating it as "
+                "still in progress.",
+                job.job_id,
+                status,
+            )
+        if status == JobStatus.PAUSED.value and status not in job.warned:
+            job.warned.add(status)
+            LOGGER.warning(
+                "Job %s is paused and will not finish on its own. Resume it "
+                "(POST %s) or cancel it; the tap gives up after job_timeout (%.0f s).",
+                job.job_id,
+                job.job_type.job_path(job.job_id, "resume"),
+                self.job_timeout,
+            )
+        body = snapshot.body
+        parts = [f"status {status}"]
+        if body.get("processed") is not None:
+            parts.append(f"{body['processed']} processed")
+        if body.get("bands_total"):
+            parts.append(f"bands {body.get('bands_done')}/{body['bands_total']}")
+        if body.get("progress_message"):
+            parts.append(repr(body["progress_message"]))
+        elapsed = self._clock() - job.started
+        LOGGER.info(
+            "Job %s (%s): %s; waited %.0f s of %.0f s.",
+            job.job_id,
+            job.job_type.value,
+            ", ".join(parts),
+            elapsed,
+            self.job_timeout,
+        )
+
+    def _timeout_error(self, job: TrackedJob) -> JobTimeoutError:
+        status = job.last.status if job.last is not None else "unknown (never answered)"
+        return JobTimeoutError(
+            job.job_id,
+            f"Job {job.job_id} ({job.job_type.value}) was still {status!r} after "
+            f"{self.job_timeout:.0f} s (job_timeout), so the tap stopped waiting for it. "
+            "The job goes on at OpenFunnel and the next run waits for it again; raise "
+            "'job_timeout' for longer builds, or resume or cancel the job if it is paused.",
+        )

@@ -1,0 +1,254 @@
+"""The tap's settings: JSON Schema for config, and a typed view of it."""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+
+from singer_sdk import typing as th
+
+from tap_openfunnel.client import check_api_url
+from tap_openfunnel.exceptions import ConfigurationError
+from tap_openfunnel.submit import BuildEntry, parse_entries
+
+if t.TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# The entries' constraints (lengths, ranges, enums) are checked by the tap itself
+# before anything is sent, so that a bad entry gets a message naming the entry and the
+# field; the JSON Schema only describes their shape.
+TAM_BUILD = th.ObjectType(th.Property("query", th.StringType(), required=True))
+
+LOOKALIKE_SEARCH = th.ObjectType(
+    th.Property("query", th.StringType()),
+    th.Property("seed_domains", th.ArrayType(th.StringType())),
+    th.Property("limit", th.IntegerType()),
+    th.Property("min_employees", th.IntegerType()),
+    th.Property("max_employees", th.IntegerType()),
+    th.Property("funding_stages", th.ArrayType(th.StringType())),
+    th.Property("locations", th.ArrayType(th.StringType())),
+    th.Property("search_type", th.StringType()),
+)
+
+CONFIG_SCHEMA = th.PropertiesList(
+    th.Property(
+        "api_key",
+        th.StringType(min_length=1),
+        required=True,
+        secret=True,
+        title="API key",
+        description="OpenFunnel API key (of_...), sent as the X-API-Key header.",
+    ),
+    th.Property(
+        "api_url",
+        th.StringType(),
+        default="https://api.openfunnel.dev",
+        title="API URL",
+        description="Base URL of the API. Must be https, except for loopback addresses "
+        "(a local fake server).",
+    ),
+    th.Property(
+        "tam_job_ids",
+        th.ArrayType(th.StringType(min_length=1)),
+        default=[],
+        title="TAM job ids",
+        description="Existing TAM Builder jobs to extract into tam_companies.",
+    ),
+    th.Property(
+        "lookalike_job_ids",
+        th.ArrayType(th.StringType(min_length=1)),
+        default=[],
+        title="Lookalike job ids",
+        description="Existing Search Lookalikes Bulk jobs to extract into lookalike_companies.",
+    ),
+    th.Property(
+        "tam_builds",
+        th.ArrayType(TAM_BUILD),
+        default=[],
+        title="TAM builds",
+        description='TAM Builder jobs to submit, as objects {"query": "..."} (1-500 '
+        "characters). Each entry is submitted once; state remembers its job.",
+    ),
+    th.Property(
+        "lookalike_searches",
+        th.ArrayType(LOOKALIKE_SEARCH),
+        default=[],
+        title="Lookalike searches",
+        description="Search Lookalikes Bulk jobs to submit: objects with query and/or "
+        "seed_domains (up to 10), limit (1-10,000), min_employees, max_employees, "
+        "funding_stages, locations (ISO alpha-3), search_type (semantic or agentic).",
+    ),
+    th.Property(
+        "refresh_after",
+        th.IntegerType(minimum=0),
+        title="Refresh after (days)",
+        description="Submit a tam_builds/lookalike_searches entry again once its last job "
+        "is this many days old (a deliberate, billed refresh). Unset: never refresh an "
+        "unchanged entry.",
+    ),
+    th.Property(
+        "max_credits",
+        th.NumberType(minimum=0),
+        title="Max credits per run",
+        description="Spend cap for jobs this run submits. Submits that could exceed it, "
+        "or the balance, are refused; a TAM build whose processed count passes it is "
+        "cancelled and what was delivered is extracted.",
+    ),
+    th.Property(
+        "cancel_on_interrupt",
+        th.BooleanType(),
+        default=False,
+        title="Cancel on interrupt",
+        description="On SIGINT/SIGTERM, cancel the jobs this run submitted. By default "
+        "they keep running and the next run re-attaches to them.",
+    ),
+    th.Property(
+        "poll_interval",
+        th.NumberType(minimum=0.01),
+        default=5,
+        title="Poll interval (s)",
+        description="First wait between status polls of a job; doubles up to "
+        "max_poll_interval.",
+    ),
+    th.Property(
+        "max_poll_interval",
+        th.NumberType(minimum=0.01),
+        default=60,
+        title="Max poll interval (s)",
+        description="Longest wait between status polls of a job.",
+    ),
+    th.Property(
+        "job_timeout",
+        th.NumberType(minimum=0),
+        default=21600,
+        title="Job timeout (s)",
+        description="A job not terminal this long after the run began waiting for it "
+        "fails the run with an error naming it (paused jobs included).",
+    ),
+    th.Property(
+        "page_concurrency",
+        th.IntegerType(minimum=1, maximum=32),
+        default=4,
+        title="Page concurrency",
+        description="Result pages fetched in parallel once a job is terminal (1: one at "
+        "a time). Records are still emitted in page order.",
+    ),
+    th.Property(
+        "request_timeout",
+        th.NumberType(minimum=1),
+        default=60,
+        title="Request timeout (s)",
+        description="Seconds to wait for an answer to one request.",
+    ),
+    th.Property(
+        "max_retries",
+        th.IntegerType(minimum=0, maximum=50),
+        default=8,
+        title="Max retries",
+        description="Retries of a request after 429, 5xx, dropped connections, timeouts "
+        "and cut-off bodies. Submits are retried only when no job can have been created.",
+    ),
+    th.Property(
+        "max_retry_wait",
+        th.NumberType(minimum=0),
+        default=120,
+        title="Max retry wait (s)",
+        description="Longest single wait between retries, Retry-After included.",
+    ),
+    th.Property(
+        "strict_row_count",
+        th.BooleanType(),
+        default=False,
+        title="Strict row count",
+        description="Fail a job whose rows read disagree with its manifest, instead of "
+        "warning.",
+    ),
+).to_dict()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The config, validated and typed, with defaults filled in."""
+
+    api_key: str
+    api_url: str
+    tam_job_ids: tuple[str, ...]
+    lookalike_job_ids: tuple[str, ...]
+    entries: tuple[BuildEntry, ...]
+    refresh_after_days: float | None
+    max_credits: float | None
+    cancel_on_interrupt: bool
+    poll_interval: float
+    max_poll_interval: float
+    job_timeout: float
+    page_concurrency: int
+    request_timeout: float
+    max_retries: int
+    max_retry_wait: float
+    strict_row_count: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, t.Any]) -> Settings:
+        """Read settings, with checks JSON Schema cannot express.
+
+        Args:
+            config: The tap's config (already schema-validated by the SDK).
+
+        Returns:
+            The settings.
+
+        Raises:
+            ConfigurationError: A value is unusable.
+        """
+        api_key = config.get("api_key")
+        if not isinstance(api_key, str) or not api_key.strip():
+            msg = (
+                "Setting 'api_key' is missing or empty. Set it in the tap's config or in "
+                "the environment variable TAP_OPENFUNNEL_API_KEY; keys look like 'of_...'."
+            )
+            raise ConfigurationError(msg)
+
+        def number(name: str, default: float) -> float:
+            value = config.get(name)
+            return float(default if value is None else value)
+
+        refresh = config.get("refresh_after")
+        max_credits = config.get("max_credits")
+        return cls(
+            api_key=api_key.strip(),
+            api_url=check_api_url(str(config.get("api_url") or "https://api.openfunnel.dev")),
+            tam_job_ids=_job_ids(config, "tam_job_ids"),
+            lookalike_job_ids=_job_ids(config, "lookalike_job_ids"),
+            entries=tuple(
+                parse_entries(
+                    config.get("tam_builds") or (),
+                    config.get("lookalike_searches") or (),
+                ),
+            ),
+            refresh_after_days=None if refresh is None else float(refresh),
+            max_credits=None if max_credits is None else float(max_credits),
+            cancel_on_interrupt=bool(config.get("cancel_on_interrupt", False)),
+            poll_interval=number("poll_interval", 5),
+            max_poll_interval=number("max_poll_interval", 60),
+            job_timeout=number("job_timeout", 21600),
+            page_concurrency=int(number("page_concurrency", 4)),
+            request_timeout=number("request_timeout", 60),
+            max_retries=int(number("max_retries", 8)),
+            max_retry_wait=number("max_retry_wait", 120),
+            strict_row_count=bool(config.get("strict_row_count", False)),
+        )
+
+
+def _job_ids(config: Mapping[str, t.Any], name: str) -> tuple[str, ...]:
+    ids: list[str] = []
+    for raw in config.get(name) or ():
+        job_id = str(raw).strip()
+        if not job_id or "/" in job_id or "?" in job_id:
+            msg = (
+                f"Setting '{name}' holds {raw!r}, which is not a job id. Use the job_id "
+                "exactly as the submit call returned it (a UUID)."
+            )
+            raise ConfigurationError(msg)
+        if job_id not in ids:
+            ids.append(job_id)
+    return tuple(ids)

@@ -1,0 +1,276 @@
+"""Jobs the tap submits from config: entry validation, fingerprints, and the budget check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import typing as t
+from dataclasses import dataclass
+
+from tap_openfunnel.exceptions import ConfigurationError, OpenFunnelError
+from tap_openfunnel.jobs import JobType
+
+if t.TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+FUNDING_STAGES = (
+    "Pre-Seed",
+    "Seed",
+    *(f"Series {letter}" for letter in "ABCDEFGH"),
+    "Acquired",
+    "Private",
+    "Public",
+)
+
+# The most a lookalike search can deliver (and so cost) when it names no limit.
+MAX_LOOKALIKE_LIMIT = 10_000
+_MAX_SEEDS = 10
+_TAM_QUERY_MAX = 500
+_LOOKALIKE_QUERY_MAX = 200
+
+
+class BudgetError(OpenFunnelError):
+    """Submitting would exceed the balance or ``max_credits``; nothing was submitted."""
+
+
+@dataclass(frozen=True)
+class BuildEntry:
+    """One validated ``tam_builds`` / ``lookalike_searches`` entry.
+
+    Attributes:
+        setting: The setting it came from.
+        index: Its 1-based position there.
+        job_type: The job family it submits.
+        body: The JSON body to POST.
+        fingerprint: Identifies the request: a changed entry gets a new job.
+    """
+
+    setting: str
+    index: int
+    job_type: JobType
+    body: Mapping[str, t.Any]
+    fingerprint: str
+
+    @property
+    def label(self) -> str:
+        """How messages name the entry."""
+        query = self.body.get("query") or ", ".join(self.body.get("seed_domains", []))
+        return f"{self.setting}[{self.index}] ({str(query)[:60]!r})"
+
+    @property
+    def worst_case_credits(self) -> float | None:
+        """Most credits the job can cost (None: unbounded, a TAM build)."""
+        if self.job_type is JobType.TAM:
+            return None
+        return float(self.body.get("limit", MAX_LOOKALIKE_LIMIT))
+
+
+def fingerprint(job_type: JobType, body: Mapping[str, t.Any]) -> str:
+    """A stable digest of a request, independent of key order.
+
+    Args:
+        job_type: The job family.
+        body: The request body.
+
+    Returns:
+        A short hex digest.
+    """
+    canonical = json.dumps([job_type.value, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
+
+
+def parse_entries(
+    tam_builds: Sequence[object],
+    lookalike_searches: Sequence[object],
+) -> list[BuildEntry]:
+    """Validate every entry before anything is sent.
+
+    Args:
+        tam_builds: The ``tam_builds`` setting.
+        lookalike_searches: The ``lookalike_searches`` setting.
+
+    Returns:
+        The entries, in config order.
+
+    Raises:
+        ConfigurationError: Naming the first bad entry and field.
+    """
+    entries = [
+        _entry("tam_builds", index, JobType.TAM, _tam_body("tam_builds", index, raw))
+        for index, raw in enumerate(tam_builds, start=1)
+    ]
+    entries += [
+        _entry(
+            "lookalike_searches",
+            index,
+            JobType.LOOKALIKE,
+            _lookalike_body("lookalike_searches", index, raw),
+        )
+        for index, raw in enumerate(lookalike_searches, start=1)
+    ]
+    seen: dict[str, BuildEntry] = {}
+    for entry in entries:
+        if entry.fingerprint in seen:
+            first = seen[entry.fingerprint]
+            _fail(
+                entry.setting,
+                entry.index,
+                None,
+                f"repeats {first.setting}[{first.index}] exactly; remove one, since each "
+                "entry is a separately billed job",
+            )
+        seen[entry.fingerprint] = entry
+    return entries
+
+
+def _entry(setting: str, index: int, job_type: JobType, body: dict[str, t.Any]) -> BuildEntry:
+    return BuildEntry(setting, index, job_type, body, fingerprint(job_type, body))
+
+
+def _fail(setting: str, index: int, field: str | None, problem: str) -> t.NoReturn:
+    where = f"field '{field}' " if field else ""
+    msg = (
+        f"Setting '{setting}', entry {index}: {where}{problem}. Fix the entry in the tap's "
+        "config; nothing was submitted."
+    )
+    raise ConfigurationError(msg)
+
+
+def _object(setting: str, index: int, raw: object, allowed: frozenset[str]) -> dict[str, t.Any]:
+    if not isinstance(raw, dict):
+        _fail(setting, index, None, f"must be an object such as {{\"query\": \"...\"}}, not {raw!r}")
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        _fail(
+            setting,
+            index,
+            unknown[0],
+            f"is not accepted (allowed: {', '.join(sorted(allowed))})",
+        )
+    return {key: value for key, value in raw.items() if value is not None}
+
+
+def _query(setting: str, index: int, value: object, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        _fail(setting, index, "query", "must be a non-empty string")
+    text = value.strip()
+    if len(text) > limit:
+        _fail(setting, index, "query", f"is {len(text)} characters; the API takes 1 to {limit}")
+    return text
+
+
+def _tam_body(setting: str, index: int, raw: object) -> dict[str, t.Any]:
+    entry = _object(setting, index, raw, frozenset({"query"}))
+    if "query" not in entry:
+        _fail(setting, index, "query", "is required")
+    return {"query": _query(setting, index, entry["query"], _TAM_QUERY_MAX)}
+
+
+def _int(setting: str, index: int, field: str, value: object, low: int, high: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(setting, index, field, f"must be a whole number, not {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low:,} to {high:,}" if high is not None else f"of at least {low}"
+        _fail(setting, index, field, f"must be {bounds}, not {value:,}")
+    return value
+
+
+def _strings(setting: str, index: int, field: str, value: object) -> list[str]:
+    if not isinstance(value, list) or not all(
+        isinstance(item, str) and item.strip() for item in value
+    ):
+        _fail(setting, index, field, "must be a list of non-empty strings")
+    return [item.strip() for item in value]
+
+
+def _lookalike_body(setting: str, index: int, raw: object) -> dict[str, t.Any]:
+    allowed = frozenset(
+        {
+            "query",
+            "seed_domains",
+            "limit",
+            "min_employees",
+            "max_employees",
+            "funding_stages",
+            "locations",
+            "search_type",
+        },
+    )
+    entry = _object(setting, index, raw, allowed)
+    body: dict[str, t.Any] = {}
+    if "query" in entry:
+        body["query"] = _query(setting, index, entry["query"], _LOOKALIKE_QUERY_MAX)
+    if "seed_domains" in entry:
+        seeds = _strings(setting, index, "seed_domains", entry["seed_domains"])
+        if not seeds or len(seeds) > _MAX_SEEDS:
+            _fail(setting, index, "seed_domains", f"must hold 1 to 10 domains, not {len(seeds)}")
+        body["seed_domains"] = seeds
+    if "query" not in body and "seed_domains" not in body:
+        _fail(setting, index, "query", "or 'seed_domains' is required (one of them, or both)")
+    if "limit" in entry:
+        body["limit"] = _int(setting, index, "limit", entry["limit"], 1, MAX_LOOKALIKE_LIMIT)
+    for field in ("min_employees", "max_employees"):
+        if field in entry:
+            body[field] = _int(setting, index, field, entry[field], 0, None)
+    if body.get("min_employees", 0) > body.get("max_employees", float("inf")):
+        _fail(setting, index, "min_employees", "must not be above 'max_employees'")
+    if "funding_stages" in entry:
+        stages = _strings(setting, index, "funding_stages", entry["funding_stages"])
+        bad = [stage for stage in stages if stage not in FUNDING_STAGES]
+        if bad:
+            _fail(
+                setting,
+                index,
+                "funding_stages",
+                f"has {bad[0]!r}; use {', '.join(FUNDING_STAGES)}",
+            )
+        body["funding_stages"] = stages
+    if "locations" in entry:
+        body["locations"] = _strings(setting, index, "locations", entry["locations"])
+    if "search_type" in entry:
+        if entry["search_type"] not in {"semantic", "agentic"}:
+            _fail(
+                setting,
+                index,
+                "search_type",
+                f"must be 'semantic' or 'agentic', not {entry['search_type']!r}",
+            )
+        body["search_type"] = entry["search_type"]
+    return body
+
+
+def check_budget(
+    entries: Sequence[BuildEntry],
+    *,
+    credits_left: float | None,
+    max_credits: float | None,
+) -> None:
+    """Refuse, before any submit, what the balance or the cap cannot cover.
+
+    Args:
+        entries: The entries about to be submitted.
+        credits_left: The account balance (None: unknown).
+        max_credits: The per-run cap (None: none).
+
+    Raises:
+        BudgetError: Naming the shortfall.
+    """
+    if not entries:
+        return
+    worst = sum(entry.worst_case_credits or 0.0 for entry in entries)
+    labels = ", ".join(entry.label for entry in entries)
+    if max_credits is not None and worst > max_credits:
+        msg = (
+            f"The searches about to be submitted ({labels}) could cost up to {worst:,.0f} "
+            f"credits, above max_credits ({max_credits:,.0f}). Nothing was submitted. Lower "
+            "their 'limit', or raise 'max_credits'."
+        )
+        raise BudgetError(msg)
+    if credits_left is not None and (worst > credits_left or credits_left <= 0):
+        msg = (
+            f"The account has {credits_left:,.1f} credits left, but the jobs about to be "
+            f"submitted ({labels}) could cost up to {worst:,.0f}"
+            f"{' plus the TAM builds' if any(e.worst_case_credits is None for e in entries) else ''}"
+            ". Nothing was submitted. Top up the account or lower the searches' 'limit'."
+        )
+        raise BudgetError(msg)

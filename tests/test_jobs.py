@@ -1,0 +1,153 @@
+"""The poller through every outcome, on a fake clock: no real sleeping."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tap_openfunnel.exceptions import (
+    JobNotFoundError,
+    JobTimeoutError,
+    NotFoundError,
+    RetriesExhaustedError,
+)
+from tap_openfunnel.jobs import JobPoller, JobType
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def scripted(statuses: dict[str, list[str]]):
+    """A fetch that answers each job's statuses in turn, repeating the last one."""
+    calls: dict[str, int] = {}
+
+    def fetch(job_type: JobType, job_id: str, cursor: str | None):
+        script = statuses[job_id]
+        index = calls.get(job_id, 0)
+        calls[job_id] = index + 1
+        status = script[min(index, len(script) - 1)]
+        if status == "404":
+            raise NotFoundError("gone", status=404, path="/x")
+        if status == "throttled":
+            raise RetriesExhaustedError("429s", status=429, path="/x")
+        return {"job_id": job_id, "status": status, "processed": index, "rows": []}
+
+    fetch.calls = calls  # type: ignore[attr-defined]
+    return fetch
+
+
+def make_poller(fetch, clock: FakeClock, *, timeout: float = 100.0) -> JobPoller:
+    return JobPoller(
+        fetch,
+        poll_interval=1.0,
+        max_poll_interval=8.0,
+        job_timeout=timeout,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+
+
+@pytest.mark.parametrize(
+    ("script", "final"),
+    [
+        pytest.param(["pending", "running", "running", "completed"], "completed", id="completed"),
+        pytest.param(["pending", "running", "failed"], "failed", id="failed"),
+        pytest.param(["running", "cancelling", "cancelled"], "cancelled", id="cancelled"),
+        pytest.param(["completed"], "completed", id="already-terminal"),
+    ],
+)
+def test_waits_until_terminal(script, final):
+    clock = FakeClock()
+    fetch = scripted({"j1": script})
+    poller = make_poller(fetch, clock)
+    poller.track("j1", JobType.TAM)
+    snapshot = poller.wait_for("j1")
+    assert snapshot.status == final
+    assert snapshot.terminal
+    assert fetch.calls["j1"] == len(script)
+    assert poller.jobs["j1"].terminal_at is not None
+
+
+def test_interval_doubles_up_to_the_cap():
+    clock = FakeClock()
+    poller = make_poller(scripted({"j1": ["running"] * 7 + ["completed"]}), clock)
+    poller.track("j1", JobType.TAM)
+    poller.wait_for("j1")
+    assert clock.sleeps == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
+
+
+def test_paused_job_times_out_naming_the_job(caplog):
+    clock = FakeClock()
+    poller = make_poller(scripted({"j1": ["running", "paused"]}), clock, timeout=30.0)
+    poller.track("j1", JobType.TAM)
+    with caplog.at_level(logging.WARNING), pytest.raises(JobTimeoutError) as info:
+        poller.wait_for("j1")
+    assert info.value.job_id == "j1"
+    assert "j1" in str(info.value)
+    assert "paused" in str(info.value)
+    assert clock.now == pytest.approx(30.0)
+    assert any("paused" in record.message for record in caplog.records)
+
+
+def test_unknown_status_is_not_terminal_and_warns(caplog):
+    clock = FakeClock()
+    poller = make_poller(scripted({"j1": ["queued_for_gpu", "queued_for_gpu", "completed"]}), clock)
+    poller.track("j1", JobType.LOOKALIKE)
+    with caplog.at_level(logging.WARNING):
+        snapshot = poller.wait_for("j1")
+    assert snapshot.status == "completed"
+    warnings = [r for r in caplog.records if "queued_for_gpu" in r.message]
+    assert len(warnings) == 1
+
+
+def test_unknown_status_forever_times_out():
+    clock = FakeClock()
+    poller = make_poller(scripted({"j1": ["mystery"]}), clock, timeout=10.0)
+    poller.track("j1", JobType.TAM)
+    with pytest.raises(JobTimeoutError):
+        poller.wait_for("j1")
+
+
+def test_not_found_is_a_job_error():
+    clock = FakeClock()
+    poller = make_poller(scripted({"j1": ["404"]}), clock)
+    poller.track("j1", JobType.TAM)
+    with pytest.raises(JobNotFoundError, match="not found for this API key"):
+        poller.wait_for("j1")
+
+
+def test_throttled_poll_keeps_waiting():
+    clock = FakeClock()
+    poller = make_poller(scripted({"j1": ["throttled", "throttled", "completed"]}), clock)
+    poller.track("j1", JobType.TAM)
+    assert poller.wait_for("j1").status == "completed"
+
+
+def test_jobs_are_waited_on_together():
+    """Three jobs finishing at ~2, 3 and 4 s: the total wait is the slowest, not the sum."""
+    clock = FakeClock()
+
+    def fetch(job_type, job_id, cursor):
+        done_at = {"a": 2.0, "b": 3.0, "c": 4.0}[job_id]
+        return {"status": "completed" if clock.now >= done_at else "running"}
+
+    poller = JobPoller(
+        fetch, poll_interval=0.25, max_poll_interval=0.5, job_timeout=60, clock=clock, sleep=clock.sleep
+    )
+    for job_id in "abc":
+        poller.track(job_id, JobType.TAM)
+    for job_id in "abc":
+        poller.wait_for(job_id)
+    assert 4.0 <= clock.now <= 4.5
