@@ -300,6 +300,7 @@ class OpenFunnelClient:
         Raises:
             AmbiguousSubmitError: The request may have created a job; not retried.
         """
+
         def attempt() -> dict[str, t.Any]:
             try:
                 # A fresh connection per submit: a pooled keep-alive connection that
@@ -403,8 +404,9 @@ class OpenFunnelClient:
         """
         status = response.status_code
         if status == 429 or status >= 500:  # noqa: PLR2004
+            msg = f"HTTP {status}"
             raise RetriableError(
-                f"HTTP {status}",
+                msg,
                 status=status,
                 retry_after=parse_retry_after(response),
             )
@@ -422,9 +424,11 @@ class OpenFunnelClient:
             body = json.loads(response.content)
         except ValueError:
             # A body cut short by the server, or an HTML error page from a proxy.
-            raise RetriableError(f"HTTP {status} with an incomplete JSON body") from None
+            msg_0 = f"HTTP {status} with an incomplete JSON body"
+            raise RetriableError(msg_0) from None
         if not isinstance(body, dict):
-            raise RetriableError(f"HTTP {status} with a non-object JSON body")
+            msg_0 = f"HTTP {status} with a non-object JSON body"
+            raise RetriableError(msg_0)
         return body
 
 

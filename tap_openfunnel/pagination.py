@@ -227,4 +227,3 @@ class PageReader:
                     return
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
-

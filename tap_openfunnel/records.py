@@ -149,7 +149,8 @@ class RowShaper:
         kind = self._kinds[name]
         if kind == "number" and isinstance(value, int) and not isinstance(value, bool):
             return value
-        coerced = _COERCE.get(kind, lambda item: item)(value)
+        coercer = _COERCE.get(kind)
+        coerced = coercer(value) if coercer is not None else value
         if coerced is None:
             self.nulled[name] = self.nulled.get(name, 0) + 1
         return coerced
@@ -169,8 +170,7 @@ class RowShaper:
             )
         if self.nulled:
             LOGGER.warning(
-                "Job %s: values that could not be read as their schema type were set to "
-                "null: %s.",
+                "Job %s: values that could not be read as their schema type were set to null: %s.",
                 job_id,
                 ", ".join(f"{name} x{count}" for name, count in sorted(self.nulled.items())),
             )

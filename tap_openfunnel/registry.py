@@ -135,11 +135,11 @@ class JobRegistry:
                 self._track(source, job_id, state)
                 resolved[source.stream_name].append(job_id)
             for entry in source.entries:
-                job_id = self._attach(source, entry)
-                if job_id is False:
+                attached = self._attach(source, entry)
+                if attached is False:
                     to_submit.append((source, entry))
-                elif job_id:
-                    resolved[source.stream_name].append(job_id)
+                elif attached:
+                    resolved[source.stream_name].append(attached)
         if to_submit:
             check_budget(
                 [entry for _, entry in to_submit],
@@ -329,7 +329,7 @@ class JobRegistry:
 
     def log_summary(self) -> None:
         """Log one line per stream and one for the run: jobs, pages, records, credits."""
-        credits = 0.0
+        consumed_total = 0.0
         for stream_name in self.sources:
             runs = [run for run in self.runs.values() if run.stream_name == stream_name]
             LOGGER.info(
@@ -342,13 +342,13 @@ class JobRegistry:
         for job in self.poller.jobs.values():
             consumed = job.last.manifest.get("credits_consumed") if job.last else None
             if isinstance(consumed, (int, float)) and not isinstance(consumed, bool):
-                credits += consumed
+                consumed_total += consumed
         LOGGER.info(
             "Summary: %d job(s) touched, %d could not be extracted; %.1f credits consumed "
             "according to their manifests.",
             len(self.poller.jobs),
             len(self.failures),
-            credits,
+            consumed_total,
         )
 
     # Reading ------------------------------------------------------------------------

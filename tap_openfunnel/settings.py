@@ -104,15 +104,14 @@ CONFIG_SCHEMA = th.PropertiesList(
     ),
     th.Property(
         "poll_interval",
-        th.NumberType(minimum=0.01),
+        th.NumberType(exclusive_minimum=0),
         default=5,
         title="Poll interval (s)",
-        description="First wait between status polls of a job; doubles up to "
-        "max_poll_interval.",
+        description="First wait between status polls of a job; doubles up to max_poll_interval.",
     ),
     th.Property(
         "max_poll_interval",
-        th.NumberType(minimum=0.01),
+        th.NumberType(exclusive_minimum=0),
         default=60,
         title="Max poll interval (s)",
         description="Longest wait between status polls of a job.",
@@ -160,8 +159,7 @@ CONFIG_SCHEMA = th.PropertiesList(
         th.BooleanType(),
         default=False,
         title="Strict row count",
-        description="Fail a job whose rows read disagree with its manifest, instead of "
-        "warning.",
+        description="Fail a job whose rows read disagree with its manifest, instead of warning.",
     ),
 ).to_dict()
 

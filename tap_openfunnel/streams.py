@@ -72,7 +72,7 @@ class CompanyStream(OpenFunnelStream):
     """Companies from one job family: one state partition per job."""
 
     job_type: t.ClassVar[JobType]
-    primary_keys: t.ClassVar[list[str]] = ["job_id", "rank"]  # type: ignore[misc]
+    primary_keys: t.ClassVar[list[str]] = ["job_id", "rank"]
 
     def __init__(self, tap: TapOpenFunnel) -> None:
         """Create the stream.
@@ -82,6 +82,21 @@ class CompanyStream(OpenFunnelStream):
         """
         super().__init__(tap)
         self._shaper = RowShaper(self.schema)
+
+    def job_state(self, job_id: str) -> dict[str, t.Any]:
+        """The writable state partition of one job (created if new).
+
+        Args:
+            job_id: The job.
+
+        Returns:
+            Its partition state.
+        """
+        return self.get_context_state({"job_id": job_id})
+
+    def job_states(self) -> list[dict[str, t.Any]]:
+        """Every job partition in state, earlier runs' included."""
+        return list(self.stream_state.get("partitions", []))
 
     @property
     @override
@@ -177,7 +192,7 @@ class JobsStream(OpenFunnelStream):
     """
 
     name = "jobs"
-    primary_keys: t.ClassVar[list[str]] = ["job_id"]  # type: ignore[misc]
+    primary_keys: t.ClassVar[list[str]] = ["job_id"]
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:

@@ -96,25 +96,18 @@ def parse_entries(
         ConfigurationError: Naming the first bad entry and field.
     """
     entries = [
-        _entry("tam_builds", index, JobType.TAM, _tam_body("tam_builds", index, raw))
+        _EntryCheck("tam_builds", index, raw).tam_entry()
         for index, raw in enumerate(tam_builds, start=1)
     ]
     entries += [
-        _entry(
-            "lookalike_searches",
-            index,
-            JobType.LOOKALIKE,
-            _lookalike_body("lookalike_searches", index, raw),
-        )
+        _EntryCheck("lookalike_searches", index, raw).lookalike_entry()
         for index, raw in enumerate(lookalike_searches, start=1)
     ]
     seen: dict[str, BuildEntry] = {}
     for entry in entries:
         if entry.fingerprint in seen:
             first = seen[entry.fingerprint]
-            _fail(
-                entry.setting,
-                entry.index,
+            _EntryCheck(entry.setting, entry.index, None).fail(
                 None,
                 f"repeats {first.setting}[{first.index}] exactly; remove one, since each "
                 "entry is a separately billed job",
@@ -123,120 +116,116 @@ def parse_entries(
     return entries
 
 
-def _entry(setting: str, index: int, job_type: JobType, body: dict[str, t.Any]) -> BuildEntry:
-    return BuildEntry(setting, index, job_type, body, fingerprint(job_type, body))
+_LOOKALIKE_FIELDS = frozenset(
+    {
+        "query",
+        "seed_domains",
+        "limit",
+        "min_employees",
+        "max_employees",
+        "funding_stages",
+        "locations",
+        "search_type",
+    },
+)
 
 
-def _fail(setting: str, index: int, field: str | None, problem: str) -> t.NoReturn:
-    where = f"field '{field}' " if field else ""
-    msg = (
-        f"Setting '{setting}', entry {index}: {where}{problem}. Fix the entry in the tap's "
-        "config; nothing was submitted."
-    )
-    raise ConfigurationError(msg)
+class _EntryCheck:
+    """Validates one entry; every failure names the setting, the entry and the field."""
 
+    def __init__(self, setting: str, index: int, raw: object) -> None:
+        self.setting = setting
+        self.index = index
+        self.raw = raw
 
-def _object(setting: str, index: int, raw: object, allowed: frozenset[str]) -> dict[str, t.Any]:
-    if not isinstance(raw, dict):
-        _fail(setting, index, None, f"must be an object such as {{\"query\": \"...\"}}, not {raw!r}")
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        _fail(
-            setting,
-            index,
-            unknown[0],
-            f"is not accepted (allowed: {', '.join(sorted(allowed))})",
+    def fail(self, field: str | None, problem: str) -> t.NoReturn:
+        where = f"field '{field}' " if field else ""
+        msg = (
+            f"Setting '{self.setting}', entry {self.index}: {where}{problem}. Fix the entry "
+            "in the tap's config; nothing was submitted."
         )
-    return {key: value for key, value in raw.items() if value is not None}
+        raise ConfigurationError(msg)
 
+    def fields(self, allowed: frozenset[str]) -> dict[str, t.Any]:
+        if not isinstance(self.raw, dict):
+            self.fail(None, f'must be an object such as {{"query": "..."}}, not {self.raw!r}')
+        unknown = sorted(set(self.raw) - allowed)
+        if unknown:
+            self.fail(unknown[0], f"is not accepted (allowed: {', '.join(sorted(allowed))})")
+        return {key: value for key, value in self.raw.items() if value is not None}
 
-def _query(setting: str, index: int, value: object, limit: int) -> str:
-    if not isinstance(value, str) or not value.strip():
-        _fail(setting, index, "query", "must be a non-empty string")
-    text = value.strip()
-    if len(text) > limit:
-        _fail(setting, index, "query", f"is {len(text)} characters; the API takes 1 to {limit}")
-    return text
+    def query(self, value: object, limit: int) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.fail("query", "must be a non-empty string")
+        text = value.strip()
+        if len(text) > limit:
+            self.fail("query", f"is {len(text)} characters; the API takes 1 to {limit}")
+        return text
 
+    def integer(self, field: str, value: object, low: int, high: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(field, f"must be a whole number, not {value!r}")
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low:,} to {high:,}" if high is not None else f"at least {low}"
+            self.fail(field, f"must be {bounds}, not {value:,}")
+        return value
 
-def _tam_body(setting: str, index: int, raw: object) -> dict[str, t.Any]:
-    entry = _object(setting, index, raw, frozenset({"query"}))
-    if "query" not in entry:
-        _fail(setting, index, "query", "is required")
-    return {"query": _query(setting, index, entry["query"], _TAM_QUERY_MAX)}
+    def strings(self, field: str, value: object) -> list[str]:
+        if not isinstance(value, list) or not all(
+            isinstance(item, str) and item.strip() for item in value
+        ):
+            self.fail(field, "must be a list of non-empty strings")
+        return [item.strip() for item in value]
 
+    def tam_entry(self) -> BuildEntry:
+        entry = self.fields(frozenset({"query"}))
+        if "query" not in entry:
+            self.fail("query", "is required")
+        return self._build(JobType.TAM, {"query": self.query(entry["query"], _TAM_QUERY_MAX)})
 
-def _int(setting: str, index: int, field: str, value: object, low: int, high: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(setting, index, field, f"must be a whole number, not {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"from {low:,} to {high:,}" if high is not None else f"of at least {low}"
-        _fail(setting, index, field, f"must be {bounds}, not {value:,}")
-    return value
+    def lookalike_entry(self) -> BuildEntry:
+        entry = self.fields(_LOOKALIKE_FIELDS)
+        body: dict[str, t.Any] = {}
+        if "query" in entry:
+            body["query"] = self.query(entry["query"], _LOOKALIKE_QUERY_MAX)
+        if "seed_domains" in entry:
+            seeds = self.strings("seed_domains", entry["seed_domains"])
+            if not seeds or len(seeds) > _MAX_SEEDS:
+                self.fail("seed_domains", f"must hold 1 to 10 domains, not {len(seeds)}")
+            body["seed_domains"] = seeds
+        if not body:
+            self.fail("query", "or 'seed_domains' is required (one of them, or both)")
+        if "limit" in entry:
+            body["limit"] = self.integer("limit", entry["limit"], 1, MAX_LOOKALIKE_LIMIT)
+        body.update(self._filters(entry))
+        return self._build(JobType.LOOKALIKE, body)
 
+    def _filters(self, entry: Mapping[str, t.Any]) -> dict[str, t.Any]:
+        body: dict[str, t.Any] = {}
+        for field in ("min_employees", "max_employees"):
+            if field in entry:
+                body[field] = self.integer(field, entry[field], 0)
+        if body.get("min_employees", 0) > body.get("max_employees", float("inf")):
+            self.fail("min_employees", "must not be above 'max_employees'")
+        if "funding_stages" in entry:
+            stages = self.strings("funding_stages", entry["funding_stages"])
+            bad = [stage for stage in stages if stage not in FUNDING_STAGES]
+            if bad:
+                self.fail("funding_stages", f"has {bad[0]!r}; use {', '.join(FUNDING_STAGES)}")
+            body["funding_stages"] = stages
+        if "locations" in entry:
+            body["locations"] = self.strings("locations", entry["locations"])
+        if "search_type" in entry:
+            if entry["search_type"] not in {"semantic", "agentic"}:
+                self.fail(
+                    "search_type",
+                    f"must be 'semantic' or 'agentic', not {entry['search_type']!r}",
+                )
+            body["search_type"] = entry["search_type"]
+        return body
 
-def _strings(setting: str, index: int, field: str, value: object) -> list[str]:
-    if not isinstance(value, list) or not all(
-        isinstance(item, str) and item.strip() for item in value
-    ):
-        _fail(setting, index, field, "must be a list of non-empty strings")
-    return [item.strip() for item in value]
-
-
-def _lookalike_body(setting: str, index: int, raw: object) -> dict[str, t.Any]:
-    allowed = frozenset(
-        {
-            "query",
-            "seed_domains",
-            "limit",
-            "min_employees",
-            "max_employees",
-            "funding_stages",
-            "locations",
-            "search_type",
-        },
-    )
-    entry = _object(setting, index, raw, allowed)
-    body: dict[str, t.Any] = {}
-    if "query" in entry:
-        body["query"] = _query(setting, index, entry["query"], _LOOKALIKE_QUERY_MAX)
-    if "seed_domains" in entry:
-        seeds = _strings(setting, index, "seed_domains", entry["seed_domains"])
-        if not seeds or len(seeds) > _MAX_SEEDS:
-            _fail(setting, index, "seed_domains", f"must hold 1 to 10 domains, not {len(seeds)}")
-        body["seed_domains"] = seeds
-    if "query" not in body and "seed_domains" not in body:
-        _fail(setting, index, "query", "or 'seed_domains' is required (one of them, or both)")
-    if "limit" in entry:
-        body["limit"] = _int(setting, index, "limit", entry["limit"], 1, MAX_LOOKALIKE_LIMIT)
-    for field in ("min_employees", "max_employees"):
-        if field in entry:
-            body[field] = _int(setting, index, field, entry[field], 0, None)
-    if body.get("min_employees", 0) > body.get("max_employees", float("inf")):
-        _fail(setting, index, "min_employees", "must not be above 'max_employees'")
-    if "funding_stages" in entry:
-        stages = _strings(setting, index, "funding_stages", entry["funding_stages"])
-        bad = [stage for stage in stages if stage not in FUNDING_STAGES]
-        if bad:
-            _fail(
-                setting,
-                index,
-                "funding_stages",
-                f"has {bad[0]!r}; use {', '.join(FUNDING_STAGES)}",
-            )
-        body["funding_stages"] = stages
-    if "locations" in entry:
-        body["locations"] = _strings(setting, index, "locations", entry["locations"])
-    if "search_type" in entry:
-        if entry["search_type"] not in {"semantic", "agentic"}:
-            _fail(
-                setting,
-                index,
-                "search_type",
-                f"must be 'semantic' or 'agentic', not {entry['search_type']!r}",
-            )
-        body["search_type"] = entry["search_type"]
-    return body
+    def _build(self, job_type: JobType, body: dict[str, t.Any]) -> BuildEntry:
+        return BuildEntry(self.setting, self.index, job_type, body, fingerprint(job_type, body))
 
 
 def check_budget(
@@ -267,10 +256,11 @@ def check_budget(
         )
         raise BudgetError(msg)
     if credits_left is not None and (worst > credits_left or credits_left <= 0):
+        tam = any(entry.worst_case_credits is None for entry in entries)
         msg = (
             f"The account has {credits_left:,.1f} credits left, but the jobs about to be "
             f"submitted ({labels}) could cost up to {worst:,.0f}"
-            f"{' plus the TAM builds' if any(e.worst_case_credits is None for e in entries) else ''}"
-            ". Nothing was submitted. Top up the account or lower the searches' 'limit'."
+            f"{' plus what the TAM builds deliver' if tam else ''}. Nothing was submitted. "
+            "Top up the account or lower the searches' 'limit'."
         )
         raise BudgetError(msg)

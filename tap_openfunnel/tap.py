@@ -81,12 +81,8 @@ class TapOpenFunnel(Tap):
                 job_type=stream.job_type,
                 job_ids=job_ids[stream.name],
                 entries=tuple(e for e in settings.entries if e.job_type is stream.job_type),
-                state_of=lambda job_id, stream=stream: stream.get_context_state(
-                    {"job_id": job_id},
-                ),
-                partitions=lambda stream=stream: list(
-                    stream.stream_state.get("partitions", []),
-                ),
+                state_of=stream.job_state,
+                partitions=stream.job_states,
             )
             for stream in self.streams.values()
             if isinstance(stream, CompanyStream) and stream.selected
@@ -109,7 +105,7 @@ class TapOpenFunnel(Tap):
         *,
         about: bool = False,
         about_format: str | None = None,
-        config: t.Any = None,  # noqa: ANN401 - the SDK's private _ConfigInput
+        config: t.Any = None,
         state: t.IO[str] | None = None,
         catalog: t.IO[str] | None = None,
     ) -> None:
@@ -142,5 +138,7 @@ class TapOpenFunnel(Tap):
         if self.settings.cancel_on_interrupt and "registry" in self.__dict__:
             cancelled = self.registry.cancel_submitted()
             if cancelled:
-                self.logger.warning("cancel_on_interrupt: asked to cancel %s.", ", ".join(cancelled))
+                self.logger.warning(
+                    "cancel_on_interrupt: asked to cancel %s.", ", ".join(cancelled)
+                )
         sys.exit(128 + signum)

@@ -39,9 +39,11 @@ def scripted(statuses: dict[str, list[str]]):
         calls[job_id] = index + 1
         status = script[min(index, len(script) - 1)]
         if status == "404":
-            raise NotFoundError("gone", status=404, path="/x")
+            msg = "gone"
+            raise NotFoundError(msg, status=404, path="/x")
         if status == "throttled":
-            raise RetriesExhaustedError("429s", status=429, path="/x")
+            msg = "429s"
+            raise RetriesExhaustedError(msg, status=429, path="/x")
         return {"job_id": job_id, "status": status, "processed": index, "rows": []}
 
     fetch.calls = calls  # type: ignore[attr-defined]
@@ -144,7 +146,12 @@ def test_jobs_are_waited_on_together():
         return {"status": "completed" if clock.now >= done_at else "running"}
 
     poller = JobPoller(
-        fetch, poll_interval=0.25, max_poll_interval=0.5, job_timeout=60, clock=clock, sleep=clock.sleep
+        fetch,
+        poll_interval=0.25,
+        max_poll_interval=0.5,
+        job_timeout=60,
+        clock=clock,
+        sleep=clock.sleep,
     )
     for job_id in "abc":
         poller.track(job_id, JobType.TAM)

@@ -56,9 +56,12 @@ def test_reads_every_page_in_order(concurrency, start):
 def test_first_page_at_hand_is_not_fetched_again():
     pages = book(3)
     fetch = Fetcher(pages)
-    got = list(PageReader("job", fetch, concurrency=4).pages(None, first=pages[None], total_pages=3))
+    got = list(
+        PageReader("job", fetch, concurrency=4).pages(None, first=pages[None], total_pages=3)
+    )
     assert numbers(got) == list(range(9))
-    assert None not in fetch.calls and "page_0000" not in fetch.calls
+    assert None not in fetch.calls
+    assert "page_0000" not in fetch.calls
 
 
 def test_sequential_follows_cursor_without_manifest():
@@ -114,9 +117,13 @@ def test_repeating_cursor_stops_with_a_clear_error(concurrency):
     pages["page_0001"] = Page("page_0001", [{"n": 99}], "page_0001")
     reader = PageReader("job-x", Fetcher(pages), concurrency=concurrency)
     seen: list[int] = []
-    with pytest.raises(PageSequenceError, match="job-x") as info:
+
+    def read_all() -> None:
         for page in reader.pages(None, total_pages=4):
             seen.extend(row["n"] for row in page.rows)
+
+    with pytest.raises(PageSequenceError, match="job-x") as info:
+        read_all()
     assert info.value.job_id == "job-x"
     # Each page once: the loop is caught before anything is emitted twice.
     assert seen == [0, 1, 2, 99]

@@ -1,0 +1,40 @@
+"""Shared fixtures: a fake OpenFunnel server on loopback and a way to run the tap's CLI."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
+
+from tap_openfunnel.sandbox import FakeOpenFunnel
+
+
+@pytest.fixture
+def server():
+    with FakeOpenFunnel(api_keys=(API_KEY,)) as fake:
+        yield fake
+
+
+@pytest.fixture
+def run_tap(tmp_path):
+    counter = {"n": 0}
+
+    def run(config: dict[str, Any], state: dict[str, Any] | None = None, timeout: float = 120):
+        counter["n"] += 1
+        config_path = write_json(tmp_path / f"config{counter['n']}.json", config)
+        state_path = None
+        if state is not None:
+            state_path = write_json(tmp_path / f"state{counter['n']}.json", state)
+        proc = subprocess.run(
+            tap_command(config_path, state_path),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=tap_env(),
+            check=False,
+        )
+        return TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
+
+    return run

@@ -1,0 +1,78 @@
+"""Helpers the tests share: the tap's CLI as a subprocess and its parsed Singer output."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tap_openfunnel.sandbox import FakeOpenFunnel
+
+API_KEY = "of_test_key_5f3c9a"  # a fake key; tests check it never leaks
+
+
+def base_config(server: FakeOpenFunnel, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "api_key": API_KEY,
+        "api_url": server.url,
+        "poll_interval": 0.05,
+        "max_poll_interval": 0.2,
+        "max_retry_wait": 0.05,
+    }
+    config.update(overrides)
+    return config
+
+
+@dataclass
+class TapRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def records(self, stream: str) -> list[dict[str, Any]]:
+        return [
+            m["record"] for m in self.messages if m["type"] == "RECORD" and m["stream"] == stream
+        ]
+
+    @property
+    def states(self) -> list[dict[str, Any]]:
+        return [m["value"] for m in self.messages if m["type"] == "STATE"]
+
+    @property
+    def last_state(self) -> dict[str, Any] | None:
+        return self.states[-1] if self.states else None
+
+
+def parse_messages(stdout: str) -> list[dict[str, Any]]:
+    """Complete Singer lines only: a process killed mid-write may leave half a line."""
+    messages = []
+    for line in stdout.splitlines():
+        try:
+            messages.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return messages
+
+
+def tap_command(config_path: Path, state_path: Path | None = None) -> list[str]:
+    command = [sys.executable, "-m", "tap_openfunnel", "--config", str(config_path)]
+    if state_path is not None:
+        command += ["--state", str(state_path)]
+    return command
+
+
+def tap_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAP_OPENFUNNEL_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def write_json(path: Path, value: Any) -> Path:
+    path.write_text(json.dumps(value), encoding="utf-8")
+    return path

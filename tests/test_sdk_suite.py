@@ -1,0 +1,29 @@
+"""The Singer SDK's own tap test suite, run against a fake OpenFunnel server."""
+
+from __future__ import annotations
+
+import atexit
+
+from singer_sdk.testing import SuiteConfig, get_tap_test_class
+
+from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from tap_openfunnel.tap import TapOpenFunnel
+
+# get_tap_test_class builds a tap while pytest collects this module, so the server and
+# its jobs must exist by then.
+_SERVER = FakeOpenFunnel(api_keys=("of_suite_key",)).start()
+atexit.register(_SERVER.stop)
+
+CONFIG = {
+    "api_key": "of_suite_key",
+    "api_url": _SERVER.url,
+    "tam_job_ids": [_SERVER.add_job(JobSpec(kind="tam", rows=230))],
+    "lookalike_job_ids": [_SERVER.add_job(JobSpec(kind="lookalike", rows=120))],
+    "poll_interval": 0.05,
+}
+
+TestTapOpenFunnel = get_tap_test_class(
+    TapOpenFunnel,
+    config=CONFIG,
+    suite_config=SuiteConfig(max_records_limit=1000),
+)
