@@ -17,7 +17,7 @@ if t.TYPE_CHECKING:
 # The entries' constraints (lengths, ranges, enums) are checked by the tap itself
 # before anything is sent, so that a bad entry gets a message naming the entry and the
 # field; the JSON Schema only describes their shape.
-TAM_BUILD = th.ObjectType(th.Property("query", th.StringType(), required=True))
+TAM_BUILD = th.ObjectType(th.Property("query", th.StringType()))
 
 LOOKALIKE_SEARCH = th.ObjectType(
     th.Property("query", th.StringType()),

@@ -1,0 +1,333 @@
+"""Submitting jobs from config: validation, exactly-once across kills, budget, refresh."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import time
+
+import pytest
+from support import base_config, tap_command, tap_env, write_json
+from test_tap import kill_after
+
+from tap_openfunnel.exceptions import ConfigurationError
+from tap_openfunnel.sandbox import Faults, JobSpec
+from tap_openfunnel.submit import fingerprint, parse_entries
+
+TAM_QUERY = "observability vendors in Europe"
+SEARCH = {"query": "developer tools for data teams", "limit": 300}
+
+
+def quick_jobs(server, *, tam_rows=1234, running=1.0):
+    server.submit_defaults["tam"] = JobSpec(
+        kind="tam", rows=tam_rows, pending_seconds=0.2, running_seconds=running
+    )
+    server.submit_defaults["lookalike"] = JobSpec(
+        kind="lookalike", rows=999, pending_seconds=0.2, running_seconds=running
+    )
+
+
+def company_records(messages):
+    return [
+        m["record"]
+        for m in messages
+        if m["type"] == "RECORD" and m["stream"] in {"tam_companies", "lookalike_companies"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tam_builds", "searches", "needle"),
+    [
+        pytest.param(
+            [{"query": "x" * 501}], [], "tam_builds', entry 1: field 'query'", id="long-query"
+        ),
+        pytest.param([{}], [], "field 'query' is required", id="no-query"),
+        pytest.param(
+            [{"query": "a", "limit": 5}], [], "field 'limit' is not accepted", id="tam-limit"
+        ),
+        pytest.param(
+            [], [{"query": "a", "limit": 20000}], "entry 1: field 'limit'", id="limit-high"
+        ),
+        pytest.param(
+            [],
+            [{"query": "a", "limit": "ten"}],
+            "config['lookalike_searches'][0]['limit']",
+            id="limit-type",
+        ),
+        pytest.param([], [{"limit": 10}], "'seed_domains' is required", id="no-query-no-seeds"),
+        pytest.param(
+            [], [{"seed_domains": [f"d{i}.com" for i in range(11)]}], "1 to 10", id="seeds"
+        ),
+        pytest.param([], [{"query": "a", "funding_stages": ["Series Z"]}], "Series Z", id="stage"),
+        pytest.param([], [{"query": "a", "search_type": "magic"}], "search_type", id="search-type"),
+        pytest.param(
+            [],
+            [{"query": "a", "min_employees": 50, "max_employees": 10}],
+            "min_employees",
+            id="min-max",
+        ),
+        pytest.param(
+            [], [{"query": "a"}, {"query": "b"}, {"query": "a"}], "entry 3", id="duplicate"
+        ),
+    ],
+)
+def test_bad_entries_fail_before_any_request(server, run_tap, tam_builds, searches, needle):
+    config = base_config(server, tam_builds=tam_builds, lookalike_searches=searches)
+    run = run_tap(config)
+    assert run.returncode != 0
+    assert needle in run.stderr
+    # Type errors are caught by the SDK's schema check, ranges and rules by the tap's:
+    # either way the run stops before sending anything.
+    assert "nothing was submitted" in run.stderr or "Config validation failed" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert server.request_count() == 0
+
+
+def test_fingerprint_ignores_key_order_but_not_values():
+    a = parse_entries([], [{"query": "q", "limit": 5}])[0]
+    b = parse_entries([], [{"limit": 5, "query": "q"}])[0]
+    c = parse_entries([], [{"limit": 6, "query": "q"}])[0]
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert a.fingerprint != fingerprint(a.job_type.TAM, a.body)
+    with pytest.raises(ConfigurationError):
+        parse_entries(["not an object"], [])
+
+
+def test_kill_after_first_state_then_resume_submits_each_entry_once(server, run_tap, tmp_path):
+    """The issue's "done when": SIGKILL right after the first STATE, re-run, run again."""
+    quick_jobs(server)
+    config = base_config(server, tam_builds=[{"query": TAM_QUERY}], lookalike_searches=[SEARCH])
+    config_path = write_json(tmp_path / "c.json", config)
+    proc_messages = kill_first_state(config_path)
+    state = [m["value"] for m in proc_messages if m["type"] == "STATE"][-1]
+    assert server.submit_count("tam") + server.submit_count("lookalike") >= 1
+
+    second = run_tap(config, state=state)
+    assert second.returncode == 0, second.stderr
+    assert server.submit_count("tam") == 1
+    assert server.submit_count("lookalike") == 1
+    rows = (
+        company_records(proc_messages)
+        + second.records("tam_companies")
+        + second.records("lookalike_companies")
+    )
+    tam_ranks = {r["rank"] for r in rows if "source_band" in r}
+    look_ranks = {r["rank"] for r in rows if "company_size" in r}
+    assert tam_ranks == set(range(1, 1235))
+    assert look_ranks == set(range(1, 301))
+    jobs = {r["job_type"]: r for r in second.records("jobs")}
+    assert jobs["lookalike_search"]["request"] == SEARCH
+    assert jobs["lookalike_search"]["origin"] == "submitted"
+    assert jobs["tam_build"]["query"] == TAM_QUERY
+
+    third = run_tap(config, state=second.last_state)
+    assert third.returncode == 0, third.stderr
+    assert server.submit_count("tam") == 1
+    assert server.submit_count("lookalike") == 1
+    assert company_records(third.messages) == []
+
+
+def kill_first_state(config_path):
+    import json
+    import subprocess
+
+    proc = subprocess.Popen(
+        tap_command(config_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(json.loads(line))
+        if lines[-1]["type"] == "STATE":
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.stdout.read()
+    proc.wait(timeout=30)
+    return lines
+
+
+@pytest.mark.parametrize(
+    "kill_points",
+    [
+        pytest.param([("records", 1)], id="reading-first-page"),
+        pytest.param([("records", 450), ("records", 300)], id="reading-twice"),
+        pytest.param([("seconds", 0.8)], id="while-waiting"),
+        pytest.param([("seconds", 0.3), ("records", 50), ("seconds", 1.5)], id="mixed"),
+    ],
+)
+def test_repeated_kills_never_submit_twice(server, run_tap, tmp_path, kill_points):
+    quick_jobs(server, tam_rows=900, running=1.0)
+    server.latency = 0.003
+    config = base_config(server, tam_builds=[{"query": TAM_QUERY}], lookalike_searches=[SEARCH])
+    config_path = write_json(tmp_path / "c.json", config)
+    state = None
+    delivered = []
+    for kind, amount in kill_points:
+        state_path = write_json(tmp_path / "s.json", state) if state is not None else None
+        command = tap_command(config_path, state_path)
+        if kind == "records":
+            _, messages, _ = kill_after(command, tap_env(), records=int(amount))
+        else:
+            messages = kill_after_seconds(command, amount)
+        delivered += company_records(messages)
+        states = [m["value"] for m in messages if m["type"] == "STATE"]
+        state = states[-1] if states else state
+    final = run_tap(config, state=state)
+    assert final.returncode == 0, final.stderr
+    delivered += company_records(final.messages)
+    assert server.submit_count("tam") == 1
+    assert server.submit_count("lookalike") == 1
+    assert {r["rank"] for r in delivered if "source_band" in r} == set(range(1, 901))
+    assert {r["rank"] for r in delivered if "company_size" in r} == set(range(1, 301))
+
+
+def kill_after_seconds(command, seconds):
+    import subprocess
+
+    from support import parse_messages
+
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
+    )
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=30)
+    return parse_messages(out.decode())
+
+
+def test_lookalike_limit_above_max_credits_is_refused(server, run_tap):
+    config = base_config(server, lookalike_searches=[{"query": "a", "limit": 500}], max_credits=200)
+    run = run_tap(config)
+    assert run.returncode != 0
+    assert "max_credits" in run.stderr
+    assert "Nothing was submitted" in run.stderr
+    assert server.submit_count("lookalike") == 0
+
+
+def test_balance_too_low_is_refused(run_tap):
+    from tap_openfunnel.sandbox import FakeOpenFunnel
+    from support import API_KEY
+
+    with FakeOpenFunnel(api_keys=(API_KEY,), credits_total=100) as poor:
+        run = run_tap(base_config(poor, lookalike_searches=[{"query": "a", "limit": 500}]))
+        assert run.returncode != 0
+        assert "100.0 credits left" in run.stderr
+        assert poor.submit_count("lookalike") == 0
+
+
+def test_tam_build_over_max_credits_is_cancelled_and_delivered_rows_extracted(server, run_tap):
+    server.submit_defaults["tam"] = JobSpec(
+        kind="tam", rows=3000, running_seconds=3.0, bands_total=6
+    )
+    config = base_config(server, tam_builds=[{"query": TAM_QUERY}], max_credits=900)
+    run = run_tap(config)
+    assert run.returncode == 0, run.stderr
+    assert "cancelling the build" in run.stderr
+    job = run.records("jobs")[0]
+    assert job["status"] == "cancelled"
+    assert job["partial"] is True
+    rows = run.records("tam_companies")
+    assert 0 < len(rows) < 3000
+    assert len(rows) == server.job_delivered(job["job_id"])
+    assert server.request_count("POST", "/api/v1/tam/build/") == 1  # one cancel
+
+
+def test_remembered_job_gone_is_submitted_again(server, run_tap):
+    quick_jobs(server, tam_rows=120, running=0.2)
+    entry = parse_entries([{"query": TAM_QUERY}], [])[0]
+    state = {
+        "bookmarks": {
+            "tam_companies": {
+                "partitions": [
+                    {
+                        "context": {"job_id": "11111111-2222-4333-8444-555555555555"},
+                        "origin": "submitted",
+                        "fingerprint": entry.fingerprint,
+                        "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                        "request": dict(entry.body),
+                    }
+                ]
+            }
+        }
+    }
+    run = run_tap(base_config(server, tam_builds=[{"query": TAM_QUERY}]), state=state)
+    assert run.returncode == 0, run.stderr
+    assert "is gone" in run.stderr
+    assert server.submit_count("tam") == 1
+    assert len(run.records("tam_companies")) == 120
+
+
+def test_changed_entry_submits_new_job_and_refresh_after_resubmits(server, run_tap):
+    quick_jobs(server, tam_rows=50, running=0.1)
+    first = run_tap(base_config(server, tam_builds=[{"query": TAM_QUERY}]))
+    assert first.returncode == 0, first.stderr
+    changed = run_tap(
+        base_config(server, tam_builds=[{"query": TAM_QUERY + " and Asia"}]), state=first.last_state
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert server.submit_count("tam") == 2
+    # Unchanged entry with a done job: nothing; with refresh_after 0 days: a new job.
+    same = run_tap(base_config(server, tam_builds=[{"query": TAM_QUERY}]), state=changed.last_state)
+    assert server.submit_count("tam") == 2
+    assert same.records("tam_companies") == []
+    refreshed = run_tap(
+        base_config(server, tam_builds=[{"query": TAM_QUERY}], refresh_after=0),
+        state=same.last_state,
+    )
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert server.submit_count("tam") == 3
+    assert len(refreshed.records("tam_companies")) == 50
+
+
+@pytest.mark.parametrize(
+    ("script", "submits", "ok"),
+    [
+        pytest.param(["429", "ok"], 1, True, id="429-retried"),
+        pytest.param(["500_after_create"], 1, False, id="5xx-ambiguous"),
+        pytest.param(["drop_after_create"], 1, False, id="drop-ambiguous"),
+        pytest.param(["sleep_after_create:3"], 1, False, id="timeout-ambiguous"),
+    ],
+)
+def test_submit_retries_only_when_no_job_can_exist(server, run_tap, script, submits, ok):
+    quick_jobs(server, tam_rows=30, running=0.1)
+    server.faults = Faults(submit_script=script, retry_after=0)
+    run = run_tap(base_config(server, tam_builds=[{"query": TAM_QUERY}], request_timeout=1))
+    assert server.submit_count("tam") == submits
+    if ok:
+        assert run.returncode == 0, run.stderr
+        assert len(run.records("tam_companies")) == 30
+    else:
+        assert run.returncode != 0
+        assert "may have been created" in run.stderr
+        assert "tam_job_ids" in run.stderr
+        assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+def test_cancel_on_interrupt(server, tmp_path, cancel):
+    server.submit_defaults["tam"] = JobSpec(kind="tam", rows=500, running_seconds=30)
+    config = base_config(server, tam_builds=[{"query": TAM_QUERY}], cancel_on_interrupt=cancel)
+    config_path = write_json(tmp_path / "c.json", config)
+    import subprocess
+
+    proc = subprocess.Popen(
+        tap_command(config_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tap_env()
+    )
+    deadline = time.monotonic() + 20
+    while server.submit_count("tam") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    job_id = next(
+        r.path.split("/")[5]
+        for r in server.requests
+        if r.method == "GET" and r.path.startswith("/api/v1/tam/build/")
+    )
+    status = server.job_status(job_id)
+    if cancel:
+        assert status in {"cancelling", "cancelled"}
+        assert b"cancel_on_interrupt" in err
+    else:
+        assert status == "running"
