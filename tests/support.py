@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -76,3 +80,31 @@ def tap_env() -> dict[str, str]:
 def write_json(path: Path, value: Any) -> Path:
     path.write_text(json.dumps(value), encoding="utf-8")
     return path
+
+
+def kill_after(command, env, *, records: int, sig=signal.SIGKILL, timeout=60.0):
+    """Start the tap, wait until `records` company RECORD lines were written, then signal it."""
+    with tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err_file, env=env)
+        assert proc.stdout is not None
+        lines: list[bytes] = []
+        seen = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            message = json.loads(line)
+            if message["type"] == "RECORD" and message["stream"] != "jobs":
+                seen += 1
+                if seen >= records:
+                    proc.send_signal(sig)
+                    break
+        # Read what is left through the same buffered reader: bytes it has already
+        # buffered would be lost to a read on the raw pipe.
+        lines.append(proc.stdout.read())
+        proc.wait(timeout=timeout)
+        err_file.seek(0)
+        err = err_file.read().decode()
+    return proc.returncode, parse_messages(b"".join(lines).decode()), err

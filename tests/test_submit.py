@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
+import subprocess
 import time
 
 import pytest
-from support import base_config, tap_command, tap_env, write_json
-from test_tap import kill_after
+from support import (
+    API_KEY,
+    base_config,
+    kill_after,
+    parse_messages,
+    tap_command,
+    tap_env,
+    write_json,
+)
 
 from tap_openfunnel.exceptions import ConfigurationError
-from tap_openfunnel.sandbox import Faults, JobSpec
+from tap_openfunnel.sandbox import FakeOpenFunnel, Faults, JobSpec
 from tap_openfunnel.submit import fingerprint, parse_entries
 
 TAM_QUERY = "observability vendors in Europe"
@@ -128,9 +137,6 @@ def test_kill_after_first_state_then_resume_submits_each_entry_once(server, run_
 
 
 def kill_first_state(config_path):
-    import json
-    import subprocess
-
     proc = subprocess.Popen(
         tap_command(config_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
     )
@@ -182,10 +188,6 @@ def test_repeated_kills_never_submit_twice(server, run_tap, tmp_path, kill_point
 
 
 def kill_after_seconds(command, seconds):
-    import subprocess
-
-    from support import parse_messages
-
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
     )
@@ -205,9 +207,6 @@ def test_lookalike_limit_above_max_credits_is_refused(server, run_tap):
 
 
 def test_balance_too_low_is_refused(run_tap):
-    from tap_openfunnel.sandbox import FakeOpenFunnel
-    from support import API_KEY
-
     with FakeOpenFunnel(api_keys=(API_KEY,), credits_total=100) as poor:
         run = run_tap(base_config(poor, lookalike_searches=[{"query": "a", "limit": 500}]))
         assert run.returncode != 0
@@ -308,8 +307,6 @@ def test_cancel_on_interrupt(server, tmp_path, cancel):
     server.submit_defaults["tam"] = JobSpec(kind="tam", rows=500, running_seconds=30)
     config = base_config(server, tam_builds=[{"query": TAM_QUERY}], cancel_on_interrupt=cancel)
     config_path = write_json(tmp_path / "c.json", config)
-    import subprocess
-
     proc = subprocess.Popen(
         tap_command(config_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tap_env()
     )
