@@ -99,9 +99,17 @@ class Page:
         cursor = body.get("next_cursor")
         count = body.get("count")
         name = body.get("page")
+        kept = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+        if isinstance(rows, list) and len(kept) < len(rows):
+            LOGGER.warning(
+                "Page %s: %d of its rows are not JSON objects and cannot become records; "
+                "they were skipped (and will show in the row count check).",
+                name,
+                len(rows) - len(kept),
+            )
         return cls(
             name=str(name) if name is not None else None,
-            rows=[row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else [],
+            rows=kept,
             next_cursor=str(cursor) if cursor else None,
             count=count if isinstance(count, int) and not isinstance(count, bool) else None,
         )
@@ -291,9 +299,11 @@ class JobPoller:
             )
             return
         except RetriesExhaustedError as exc:
-            # Throttling or an outage while *waiting* is not the job's failure: keep
-            # waiting until the job's own deadline.
-            LOGGER.warning("Polling job %s failed for now (%s); will poll again.", job.job_id, exc)
+            if exc.status != 429:  # noqa: PLR2004
+                raise
+            # Being throttled while *waiting* is not the job's failure: keep waiting
+            # until the job's own deadline. Outages (5xx, network) do end the run.
+            LOGGER.warning("Polling job %s is throttled (HTTP 429); will poll again.", job.job_id)
             self._reschedule(job)
             return
         snapshot = JobSnapshot(

@@ -145,6 +145,26 @@ class RowShaper:
                 self.unknown_fields.update(key for key in row if key not in known)
             yield record
 
+    def conform(self, values: Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """Shape a record built by the tap itself (the jobs stream) the same way.
+
+        Args:
+            values: Field values, possibly of the wrong JSON type.
+
+        Returns:
+            A record with every schema field, values of their schema type or null.
+        """
+        record: dict[str, t.Any] = {}
+        for name in self._kinds:
+            value = values.get(name)
+            if value is not None and type(value) not in self._exact[name]:
+                value = self._coerce(name, value)
+            record[name] = value
+        for name in ADDED_FIELDS:
+            if name in values:
+                record[name] = values[name]
+        return record
+
     def _coerce(self, name: str, value: object) -> object:
         kind = self._kinds[name]
         if kind == "number" and isinstance(value, int) and not isinstance(value, bool):

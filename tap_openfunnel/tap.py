@@ -8,6 +8,7 @@ import typing as t
 from functools import cached_property
 
 from singer_sdk import Tap
+from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 
 from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
@@ -30,6 +31,8 @@ else:
 if t.TYPE_CHECKING:
     from types import FrameType
 
+    import click
+
     from singer_sdk import Stream
 
 
@@ -38,6 +41,8 @@ class TapOpenFunnel(Tap):
 
     name = "tap-openfunnel"
     config_jsonschema = CONFIG_SCHEMA
+    # msgspec serialises a record several times faster than the default writer.
+    message_writer_class = MsgSpecWriter
     capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
         TapCapabilities.CATALOG,
         TapCapabilities.STATE,
@@ -122,13 +127,40 @@ class TapOpenFunnel(Tap):
                 parse_env_config=config.parse_env if config is not None else False,
                 validate_config=True,
             )
+        except ValueError as exc:
+            cls._fail(
+                f"A config, state or catalog file given to the tap is not valid JSON ({exc}). "
+                "Fix the file, or pass a state file that a previous run wrote.",
+            )
+        try:
             tap.settings  # noqa: B018 - check the settings before any stream starts
             tap.sync_all()
             tap.registry.log_summary()
             tap.registry.raise_for_failures()
         except OpenFunnelError as exc:
-            cls.logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
-            sys.exit(1)
+            cls._fail(str(exc))
+
+    @classmethod
+    @override
+    def cb_config(
+        cls,
+        ctx: click.Context,
+        param: click.Option,
+        value: tuple[str, ...],
+    ) -> t.Any:
+        try:
+            return super().cb_config(ctx, param, value)
+        except (OSError, ValueError) as exc:
+            cls._fail(
+                f"Could not read the config given with --config ({exc}). Pass a readable "
+                "JSON file, or ENV to take settings from TAP_OPENFUNNEL_* variables.",
+            )
+
+    @classmethod
+    def _fail(cls, message: str) -> t.NoReturn:
+        # A user-facing failure: one paragraph, a non-zero exit, no traceback.
+        cls.logger.error("%s", message)
+        sys.exit(1)
 
     @override
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:

@@ -137,6 +137,19 @@ def test_throttled_poll_keeps_waiting():
     assert poller.wait_for("j1").status == "completed"
 
 
+def test_outage_while_polling_ends_the_wait():
+    clock = FakeClock()
+
+    def fetch(job_type, job_id, cursor):
+        message = "503s"
+        raise RetriesExhaustedError(message, status=503, path="/x")
+
+    poller = make_poller(fetch, clock)
+    poller.track("j1", JobType.TAM)
+    with pytest.raises(RetriesExhaustedError):
+        poller.wait_for("j1")
+
+
 def test_jobs_are_waited_on_together():
     """Three jobs finishing at ~2, 3 and 4 s: the total wait is the slowest, not the sum."""
     clock = FakeClock()

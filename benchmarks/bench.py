@@ -1,0 +1,666 @@
+"""Benchmark the tap CLI against an in-process fake OpenFunnel: pages, records, memory, waits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import typing as t
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+
+if t.TYPE_CHECKING:
+    from collections.abc import Sequence
+
+HERE = Path(__file__).resolve().parent
+API_KEY = "of_test_key"
+PAGE_SIZE = 100
+TAM_PATH = "/api/v1/tam/build"
+MB = 1_000_000
+# A measured process that runs longer than this is killed and the benchmark aborted.
+CHILD_TIMEOUT = 300.0
+
+# Targets of issue 5.
+TARGET_A = 0.35  # page_concurrency 8: wall <= 0.35 x (pages x latency)
+TARGET_B = 0.50  # tap records/s >= 0.5 x bare loop records/s
+TARGET_C = 30.0  # peak RSS at the large job - at the small job <= 30 MB
+TARGET_D = 1.3  # three jobs: wall <= 1.3 x the slowest job
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one benchmark run.
+
+    Attributes:
+        a_pages: Pages of the (a) job.
+        a_latency: Server latency per request in (a), seconds.
+        a_concurrency: page_concurrency values tried in (a).
+        b_rows: Rows of the (b) job.
+        b_repeats: Interleaved repeats of each (b) variant; the best is kept.
+        c_rows: Small and large job of (c).
+        d_finish: When each (d) job turns terminal, seconds after creation.
+        d_rows: Rows of each (d) job.
+        startup_repeats: Runs of each start-up measurement; the median is kept.
+    """
+
+    a_pages: int
+    a_latency: float
+    a_concurrency: tuple[int, ...]
+    b_rows: int
+    b_repeats: int
+    c_rows: tuple[int, int]
+    d_finish: tuple[float, float, float]
+    d_rows: int
+    startup_repeats: int
+
+
+DEFAULT = Scale(
+    a_pages=200,
+    a_latency=0.05,
+    a_concurrency=(1, 4, 8),
+    b_rows=50_000,
+    b_repeats=3,
+    c_rows=(1_000, 100_000),
+    d_finish=(2.0, 3.0, 4.0),
+    d_rows=1_000,
+    startup_repeats=3,
+)
+QUICK = Scale(
+    a_pages=60,
+    a_latency=0.05,
+    a_concurrency=(1, 4, 8),
+    b_rows=10_000,
+    b_repeats=1,
+    c_rows=(1_000, 20_000),
+    d_finish=(2.0, 3.0, 4.0),
+    d_rows=500,
+    startup_repeats=1,
+)
+
+
+class BenchError(Exception):
+    """A measured process failed, so its figure would mean nothing."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One child process, measured.
+
+    Attributes:
+        wall: Seconds from just before the spawn to the child's exit.
+        cpu: User plus system CPU seconds of the child alone.
+        max_rss: Peak resident set of the child alone, in bytes.
+        records: RECORD lines per stream, as counted by the drain.
+        first_record: ``time.monotonic()`` when the drain read the first RECORD line of
+            the timed stream (None if there was none).
+        last_record: The same for the last one.
+        ended: ``time.monotonic()`` when the child had exited.
+    """
+
+    wall: float
+    cpu: float
+    max_rss: int
+    records: dict[str, int]
+    first_record: float | None
+    last_record: float | None
+    ended: float
+
+    def steady_rate(self, stream: str) -> float:
+        """Records per second from the first to the last record of ``stream``.
+
+        Start-up, polling and the first page's round trip fall outside this window, so
+        it measures the record path alone.
+
+        Args:
+            stream: The timed stream.
+
+        Returns:
+            Records per second (0 when there were fewer than two records).
+        """
+        count = self.records.get(stream, 0)
+        if self.first_record is None or self.last_record is None or count < 2:
+            return 0.0
+        span = self.last_record - self.first_record
+        return (count - 1) / span if span > 0 else 0.0
+
+
+class Bench:
+    """Runs child processes against a fake server and keeps their logs in a temp folder."""
+
+    def __init__(self, workdir: Path) -> None:
+        """Prepare the runner.
+
+        Args:
+            workdir: Where configs and child logs go.
+
+        Raises:
+            BenchError: If the tap's console script cannot be found.
+        """
+        self.workdir = workdir
+        script = Path(sys.executable).with_name("tap-openfunnel")
+        found = str(script) if script.exists() else shutil.which("tap-openfunnel")
+        if found is None:
+            msg = "tap-openfunnel is not installed next to this Python; run .venv/bin/python"
+            raise BenchError(msg)
+        self.tap = found
+        self._counter = 0
+
+    def config(self, server: FakeOpenFunnel, **settings: object) -> Path:
+        """Write a tap config for ``server``.
+
+        Args:
+            server: The running fake server.
+            **settings: Further settings.
+
+        Returns:
+            The config file.
+        """
+        self._counter += 1
+        path = self.workdir / f"config-{self._counter}.json"
+        body = {"api_key": API_KEY, "api_url": server.url, **settings}
+        path.write_text(json.dumps(body), encoding="utf-8")
+        return path
+
+    def tap_run(self, config: Path, *, timed_stream: str = "tam_companies") -> Run:
+        """Run the tap CLI on ``config`` as a fresh process.
+
+        Args:
+            config: The config file.
+            timed_stream: The stream whose records the drain times.
+
+        Returns:
+            The measured run.
+        """
+        return self.run([self.tap, "--config", str(config)], timed_stream=timed_stream)
+
+    def run(self, command: Sequence[str], *, timed_stream: str) -> Run:
+        """Run ``command`` with its stdout piped into a drain process, and measure it.
+
+        The child's stdout is a pipe read by ``drain.py``, a separate process, for the
+        tap and the bare loop alike: both pay the same for writing into a pipe and
+        neither shares a CPU interpreter lock with the server or the reader.
+
+        Args:
+            command: The program and its arguments.
+            timed_stream: The stream whose records the drain times.
+
+        Returns:
+            The measured run.
+
+        Raises:
+            BenchError: If the child or the drain failed.
+        """
+        self._counter += 1
+        log = self.workdir / f"child-{self._counter}.log"
+        drain_command = [sys.executable, str(HERE / "drain.py"), timed_stream]
+        with log.open("wb") as stderr:
+            started = time.monotonic()
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
+            drain = subprocess.Popen(drain_command, stdin=child.stdout, stdout=subprocess.PIPE)
+            if child.stdout is not None:
+                child.stdout.close()  # the drain holds the read end now
+            watchdog = threading.Timer(CHILD_TIMEOUT, child.kill)
+            watchdog.start()
+            # wait4 gives this child's own peak RSS and CPU time; RUSAGE_CHILDREN would
+            # mix in every earlier child and the drain.
+            _, status, usage = os.wait4(child.pid, 0)
+            ended = time.monotonic()
+            watchdog.cancel()
+            child.returncode = os.waitstatus_to_exitcode(status)
+            out, _ = drain.communicate(timeout=120)
+        if child.returncode != 0 or drain.returncode != 0:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            msg = (
+                f"{' '.join(command)} exited {child.returncode} (drain {drain.returncode}); "
+                f"the end of its stderr:\n{tail}"
+            )
+            raise BenchError(msg)
+        summary = json.loads(out)
+        return Run(
+            wall=ended - started,
+            cpu=usage.ru_utime + usage.ru_stime,
+            max_rss=usage.ru_maxrss * 1024,  # kilobytes on Linux
+            records=summary["records"],
+            first_record=summary["first_record"],
+            last_record=summary["last_record"],
+            ended=ended,
+        )
+
+    def wall_only(self, command: Sequence[str]) -> float:
+        """Time a command whose output does not matter.
+
+        Args:
+            command: The program and its arguments.
+
+        Returns:
+            Wall seconds.
+
+        Raises:
+            BenchError: If it failed.
+        """
+        started = time.monotonic()
+        done = subprocess.run(command, capture_output=True, check=False)
+        wall = time.monotonic() - started
+        if done.returncode != 0:
+            msg = f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]!r}"
+            raise BenchError(msg)
+        return wall
+
+
+def expect_records(run: Run, stream: str, expected: int, what: str) -> None:
+    """Fail the benchmark if a run did not deliver exactly the rows of its job(s).
+
+    Args:
+        run: The run.
+        stream: The company stream.
+        expected: Rows expected.
+        what: The run, for the message.
+
+    Raises:
+        BenchError: If the count differs.
+    """
+    got = run.records.get(stream, 0)
+    if got != expected:
+        msg = f"{what}: {got} {stream} records, expected {expected}"
+        raise BenchError(msg)
+
+
+def verdict(value: float, target: float, *, at_most: bool = True) -> str:
+    """Compare a figure with its target.
+
+    Args:
+        value: The figure.
+        target: The target.
+        at_most: Whether the figure must be at most (else at least) the target.
+
+    Returns:
+        ``PASS`` or ``MISS``.
+    """
+    ok = value <= target if at_most else value >= target
+    return "PASS" if ok else "MISS"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Print rows under headers: first column left-aligned, the others right-aligned.
+
+    Args:
+        headers: Column titles.
+        rows: Cells, already formatted.
+    """
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        cells = [
+            str(cell).ljust(width) if i == 0 else str(cell).rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  " + "  ".join(cells).rstrip())
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+def measure_startup(bench: Bench, scale: Scale) -> dict[str, float]:
+    """Time the tap doing nothing: ``--about``, and a run with no jobs.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+
+    Returns:
+        Median wall seconds of each.
+    """
+    with FakeOpenFunnel() as server:
+        config = bench.config(server)
+        zero = [bench.tap_run(config).wall for _ in range(scale.startup_repeats)]
+        about = [bench.wall_only([bench.tap, "--about"]) for _ in range(scale.startup_repeats)]
+    figures = {"zero_job_run_s": statistics.median(zero), "about_s": statistics.median(about)}
+    print(
+        f"Start-up: a run with no jobs takes {figures['zero_job_run_s']:.2f} s, "
+        f"--about {figures['about_s']:.2f} s (median of {scale.startup_repeats}). Every wall "
+        "time below includes it;\nthe 'net' columns subtract the no-job run."
+    )
+    return figures
+
+
+def section_a(bench: Bench, scale: Scale, startup: float) -> list[dict[str, float]]:
+    """(a) One completed job read with page_concurrency 1, 4, 8 under server latency.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+        startup: Wall seconds of a no-job run.
+
+    Returns:
+        One dict per concurrency.
+    """
+    rows = scale.a_pages * PAGE_SIZE
+    bound = scale.a_pages * scale.a_latency
+    print(
+        f"\n(a) Completed TAM job of {scale.a_pages} pages ({rows:,} rows, {PAGE_SIZE}/page), "
+        f"{scale.a_latency * 1000:.0f} ms server latency per request.\n"
+        f"    Sequential lower bound = {scale.a_pages} pages x {scale.a_latency * 1000:.0f} ms "
+        f"= {bound:.2f} s. Target: page_concurrency 8 <= {TARGET_A} x bound."
+    )
+    results: list[dict[str, float]] = []
+    table: list[list[str]] = []
+    with FakeOpenFunnel(latency=scale.a_latency, page_size=PAGE_SIZE) as server:
+        job_id = server.add_job(JobSpec(kind="tam", rows=rows))
+        for concurrency in scale.a_concurrency:
+            config = bench.config(server, tam_job_ids=[job_id], page_concurrency=concurrency)
+            run = bench.tap_run(config)
+            expect_records(run, "tam_companies", rows, f"(a) page_concurrency {concurrency}")
+            ratio = run.wall / bound
+            net = (run.wall - startup) / bound
+            target = f"<= {TARGET_A:.2f}" if concurrency == 8 else ""
+            result = verdict(ratio, TARGET_A) if concurrency == 8 else ""
+            table.append(
+                [
+                    str(concurrency),
+                    f"{run.wall:.2f}",
+                    f"{ratio:.2f}",
+                    f"{net:.2f}",
+                    f"{rows / run.wall:,.0f}",
+                    target,
+                    result,
+                ]
+            )
+            results.append(
+                {
+                    "page_concurrency": concurrency,
+                    "wall_s": run.wall,
+                    "x_bound": ratio,
+                    "net_x_bound": net,
+                }
+            )
+    print_table(
+        ["page_concurrency", "wall s", "x bound", "net x bound", "records/s", "target", ""],
+        table,
+    )
+    return results
+
+
+def section_b(bench: Bench, scale: Scale) -> dict[str, t.Any]:
+    """(b) Records per second of the tap against a bare requests + json.dumps loop.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+
+    Returns:
+        Figures per variant and the ratio.
+    """
+    rows = scale.b_rows
+    print(
+        f"\n(b) Record path: completed TAM job of {rows:,} rows ({rows // PAGE_SIZE} pages), "
+        "no server latency. Each process writes its\n    stdout to a pipe read by a separate "
+        "drain process (benchmarks/drain.py). 'steady' = records between the first and\n"
+        "    the last record line the drain read (start-up and job polling excluded); "
+        f"'e2e' = records / wall. Best of {scale.b_repeats}.\n"
+        f"    Target: tap (page_concurrency 1) steady records/s >= {TARGET_B:.0%} of the "
+        "bare loop's."
+    )
+    with FakeOpenFunnel(page_size=PAGE_SIZE) as server:
+        job_id = server.add_job(JobSpec(kind="tam", rows=rows))
+        empty_id = server.add_job(JobSpec(kind="tam", rows=0))
+
+        def bare(job: str) -> Run:
+            command = [
+                sys.executable,
+                str(HERE / "bare_loop.py"),
+                f"--url={server.url}",
+                f"--api-key={API_KEY}",
+                f"--job-id={job}",
+                f"--path={TAM_PATH}",
+            ]
+            return bench.run(command, timed_stream="tam_companies")
+
+        def tap(concurrency: int) -> t.Callable[[str], Run]:
+            return lambda job: bench.tap_run(
+                bench.config(server, tam_job_ids=[job], page_concurrency=concurrency)
+            )
+
+        variants = {"bare loop": bare, "tap, concurrency 1": tap(1), "tap, concurrency 4": tap(4)}
+        # A job with no rows costs each variant its fixed share (start-up, imports, one
+        # request); subtracting its CPU leaves the cost of the records.
+        fixed = {name: variant(empty_id).cpu for name, variant in variants.items()}
+        runs: dict[str, list[Run]] = {name: [] for name in variants}
+        # Interleaved, so that a slow spell of a noisy machine hits every variant.
+        for _ in range(scale.b_repeats):
+            for name, variant in variants.items():
+                run = variant(job_id)
+                expect_records(run, "tam_companies", rows, f"(b) {name}")
+                runs[name].append(run)
+    best = {
+        name: max(tries, key=lambda run: run.steady_rate("tam_companies"))
+        for name, tries in runs.items()
+    }
+    bare_best = best["bare loop"]
+    figures: dict[str, t.Any] = {"rows": rows, "variants": {}}
+    table: list[list[str]] = []
+    for name, run in best.items():
+        steady = run.steady_rate("tam_companies")
+        ratio = steady / bare_best.steady_rate("tam_companies")
+        cpu_per_record = (run.cpu - fixed[name]) / rows * 1e6
+        is_target = name == "tap, concurrency 1"
+        table.append(
+            [
+                name,
+                f"{run.wall:.2f}",
+                f"{rows / run.wall:,.0f}",
+                f"{steady:,.0f}",
+                f"{ratio:.2f}",
+                f"{bare_best.wall / run.wall:.2f}",
+                f"{cpu_per_record:.0f}",
+                f">= {TARGET_B:.2f}" if is_target else "",
+                verdict(ratio, TARGET_B, at_most=False) if is_target else "",
+            ]
+        )
+        figures["variants"][name] = {
+            "wall_s": run.wall,
+            "e2e_records_per_s": rows / run.wall,
+            "steady_records_per_s": steady,
+            "steady_ratio_to_bare": ratio,
+            "e2e_ratio_to_bare": bare_best.wall / run.wall,
+            "cpu_s": run.cpu,
+            "fixed_cpu_s": fixed[name],
+            "net_cpu_us_per_record": cpu_per_record,
+        }
+    print_table(
+        [
+            "",
+            "wall s",
+            "e2e rec/s",
+            "steady rec/s",
+            "steady/bare",
+            "e2e/bare",
+            "CPU us/rec",
+            "target",
+            "",
+        ],
+        table,
+    )
+    print(
+        "    CPU us/rec: the child's own CPU, minus that of the same command on a job with "
+        "no rows, per record.\n    The server's share (row generation, JSON encoding) runs "
+        "in the bench process, the same for every variant."
+    )
+    figures["ratio"] = figures["variants"]["tap, concurrency 1"]["steady_ratio_to_bare"]
+    return figures
+
+
+def section_c(bench: Bench, scale: Scale) -> dict[str, float]:
+    """(c) Peak RSS of the tap process for a small and a large job.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+
+    Returns:
+        Peak RSS of each, in MB, and the difference.
+    """
+    small, large = scale.c_rows
+    print(
+        f"\n(c) Peak RSS of the tap process (its own ru_maxrss, from wait4), default "
+        f"page_concurrency, no latency.\n    Target: {large:,} rows within {TARGET_C:.0f} MB "
+        f"of {small:,} rows."
+    )
+    peaks: dict[int, float] = {}
+    with FakeOpenFunnel(page_size=PAGE_SIZE) as server:
+        for rows in (small, large):
+            job_id = server.add_job(JobSpec(kind="tam", rows=rows))
+            run = bench.tap_run(bench.config(server, tam_job_ids=[job_id]))
+            expect_records(run, "tam_companies", rows, f"(c) {rows} rows")
+            peaks[rows] = run.max_rss / MB
+    diff = peaks[large] - peaks[small]
+    print_table(
+        ["rows", "peak RSS MB", "target", ""],
+        [
+            [f"{small:,}", f"{peaks[small]:.1f}", "", ""],
+            [f"{large:,}", f"{peaks[large]:.1f}", "", ""],
+            ["difference", f"{diff:+.1f}", f"<= {TARGET_C:.0f}", verdict(diff, TARGET_C)],
+        ],
+    )
+    return {
+        "small_rows": small,
+        "large_rows": large,
+        "small_mb": peaks[small],
+        "large_mb": peaks[large],
+        "diff_mb": diff,
+    }
+
+
+def section_d(bench: Bench, scale: Scale) -> dict[str, float]:
+    """(d) Three jobs that turn terminal at different times, extracted in one run.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+
+    Returns:
+        The wall time, the slowest job's time and their ratio.
+    """
+    slowest = max(scale.d_finish)
+    finish = ", ".join(f"{seconds:g}" for seconds in scale.d_finish)
+    print(
+        f"\n(d) Three jobs (TAM, lookalike, TAM; {scale.d_rows:,} rows each) pending then "
+        f"running, terminal {finish} s after creation;\n    one tap run with poll_interval "
+        "0.25, max_poll_interval 0.5. Wall time from creating the jobs to the tap's exit.\n"
+        f"    Target: <= {TARGET_D} x the slowest job ({slowest:g} s)."
+    )
+    kinds: tuple[t.Literal["tam", "lookalike"], ...] = ("tam", "lookalike", "tam")
+    with FakeOpenFunnel(page_size=PAGE_SIZE) as server:
+        created = time.monotonic()
+        jobs = [
+            (
+                kind,
+                server.add_job(
+                    JobSpec(
+                        kind=kind,
+                        rows=scale.d_rows,
+                        pending_seconds=seconds / 2,
+                        running_seconds=seconds / 2,
+                    )
+                ),
+            )
+            for kind, seconds in zip(kinds, scale.d_finish, strict=True)
+        ]
+        tam_ids = [job_id for kind, job_id in jobs if kind == "tam"]
+        lookalike_ids = [job_id for kind, job_id in jobs if kind == "lookalike"]
+        config = bench.config(
+            server,
+            tam_job_ids=tam_ids,
+            lookalike_job_ids=lookalike_ids,
+            poll_interval=0.25,
+            max_poll_interval=0.5,
+        )
+        run = bench.tap_run(config)
+        wall = run.ended - created
+    expect_records(run, "tam_companies", scale.d_rows * len(tam_ids), "(d) TAM jobs")
+    expect_records(
+        run, "lookalike_companies", scale.d_rows * len(lookalike_ids), "(d) lookalike job"
+    )
+    ratio = wall / slowest
+    print_table(
+        ["", "wall s", "x slowest", "after slowest s", "target", ""],
+        [
+            [
+                "3 jobs, one run",
+                f"{wall:.2f}",
+                f"{ratio:.2f}",
+                f"{wall - slowest:.2f}",
+                f"<= {TARGET_D:.2f}",
+                verdict(ratio, TARGET_D),
+            ]
+        ],
+    )
+    return {"wall_s": wall, "slowest_s": slowest, "x_slowest": ratio}
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def header(scale_name: str) -> None:
+    """Print what ran where."""
+    sdk = metadata.version("singer-sdk")
+    print(
+        f"tap-openfunnel benchmark ({scale_name}): Python {platform.python_version()}, "
+        f"singer-sdk {sdk}, {os.cpu_count()} CPUs, {platform.machine()}.\n"
+        "The fake server runs in this process (threaded, 127.0.0.1); the tap runs as its CLI "
+        "in a fresh process per figure.\nFigures are not assertions: compare them within "
+        "one run, machines are noisy.\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every section and print the figures.
+
+    Args:
+        argv: Command line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        0, unless a measured process crashed (1).
+    """
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller jobs, fewer repeats")
+    parser.add_argument(
+        "--json", action="store_true", help="also print the figures as one JSON document"
+    )
+    args = parser.parse_args(argv)
+    scale = QUICK if args.quick else DEFAULT
+    began = time.monotonic()
+    header("quick" if args.quick else "default")
+    with tempfile.TemporaryDirectory(prefix="tap-openfunnel-bench-") as workdir:
+        try:
+            bench = Bench(Path(workdir))
+            startup = measure_startup(bench, scale)
+            figures: dict[str, t.Any] = {
+                "mode": "quick" if args.quick else "default",
+                "startup": startup,
+                "a": section_a(bench, scale, startup["zero_job_run_s"]),
+                "b": section_b(bench, scale),
+                "c": section_c(bench, scale),
+                "d": section_d(bench, scale),
+            }
+        except BenchError as exc:
+            print(f"\nBenchmark aborted: {exc}", file=sys.stderr)
+            return 1
+    figures["total_s"] = time.monotonic() - began
+    print(f"\nBenchmark took {figures['total_s']:.0f} s.")
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Profile the tap's record path with cProfile against the in-process fake server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+
+HERE = Path(__file__).resolve().parent
+
+# (label, file suffix, function): the steps one record goes through, in order. cProfile
+# inflates small calls, so read the shares, not the absolute microseconds.
+STEPS = (
+    ("fetch + parse pages, server wait included", "tap_openfunnel/registry.py", "fetch_page"),
+    ("row shaping (tap RowShaper)", "tap_openfunnel/records.py", "records"),
+    (
+        "SDK pop_deselected_record_properties",
+        "singer_sdk/helpers/_catalog.py",
+        "pop_deselected_record_properties",
+    ),
+    ("SDK conform_record_data_types", "singer_sdk/helpers/_typing.py", "conform_record_data_types"),
+    ("SDK stream map transform", "singer_sdk/mapper.py", "transform"),
+    ("SDK utc_now() for time_extracted", "singer_sdk/helpers/_util.py", "utc_now"),
+    (
+        "SDK message to JSON line (simplejson)",
+        "singer_sdk/singerlib/encoding/base.py",
+        "format_message",
+    ),
+    (
+        "SDK write_message: JSON, write, flush",
+        "singer_sdk/singerlib/encoding/simple.py",
+        "write_message",
+    ),
+    ("SDK _sync_records, everything", "singer_sdk/streams/core.py", "_sync_records"),
+)
+
+
+def step_times(stats: pstats.Stats) -> dict[str, float]:
+    """Sum the cumulative seconds of each step's function.
+
+    Args:
+        stats: The loaded profile.
+
+    Returns:
+        Seconds per step label.
+    """
+    table: dict[tuple[str, int, str], tuple[int, int, float, float, object]]
+    table = stats.stats  # type: ignore[attr-defined]
+    seconds = dict.fromkeys((label for label, _, _ in STEPS), 0.0)
+    for (filename, _, function), (_, _, _, cumulative, _) in table.items():
+        for label, suffix, name in STEPS:
+            if function == name and filename.endswith(suffix):
+                seconds[label] += cumulative
+    return seconds
+
+
+def main() -> int:
+    """Run the tap CLI under cProfile on one completed TAM job and print where time goes.
+
+    Returns:
+        The tap's exit code.
+    """
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=50_000, help="rows of the job")
+    parser.add_argument("--page-concurrency", type=int, default=1)
+    parser.add_argument("--top", type=int, default=25, help="functions listed")
+    parser.add_argument("--output", type=Path, help="keep the pstats file here")
+    args = parser.parse_args()
+    tap = Path(sys.executable).with_name("tap-openfunnel")
+    with tempfile.TemporaryDirectory(prefix="tap-openfunnel-profile-") as workdir:
+        output = args.output or Path(workdir) / "tap.pstats"
+        config = Path(workdir) / "config.json"
+        with FakeOpenFunnel() as server:
+            job_id = server.add_job(JobSpec(kind="tam", rows=args.rows))
+            settings = {
+                "api_key": "of_test_key",
+                "api_url": server.url,
+                "tam_job_ids": [job_id],
+                "page_concurrency": args.page_concurrency,
+            }
+            config.write_text(json.dumps(settings), encoding="utf-8")
+            command = [sys.executable, "-m", "cProfile", "-o", str(output), str(tap)]
+            started = time.monotonic()
+            # Records go through a pipe to a drain process, as in bench.py.
+            with subprocess.Popen(
+                [*command, "--config", str(config)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            ) as child:
+                drained = subprocess.run(
+                    [sys.executable, str(HERE / "drain.py"), "tam_companies"],
+                    stdin=child.stdout,
+                    capture_output=True,
+                    check=True,
+                )
+            wall = time.monotonic() - started
+        if child.returncode != 0:
+            print(f"The tap exited {child.returncode}.", file=sys.stderr)
+            return child.returncode
+        records = json.loads(drained.stdout)["records"].get("tam_companies", 0)
+        stats = pstats.Stats(str(output))
+        print(
+            f"{records:,} records in {wall:.2f} s under cProfile "
+            f"(page_concurrency {args.page_concurrency}).\n"
+        )
+        print("Where one record's time goes (cumulative, so steps nest: all run inside the last):")
+        for label, seconds in step_times(stats).items():
+            print(
+                f"  {label:45} {seconds:6.2f} s  {seconds / max(records, 1) * 1e6:6.1f} us/record"
+            )
+        print()
+        stats.sort_stats("cumulative").print_stats(
+            r"tap_openfunnel|singer_sdk|simplejson", args.top
+        )
+        stats.sort_stats("tottime").print_stats(args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
