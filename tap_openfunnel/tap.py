@@ -32,7 +32,6 @@ if t.TYPE_CHECKING:
     from types import FrameType
 
     import click
-
     from singer_sdk import Stream
 
 

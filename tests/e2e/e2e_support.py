@@ -57,13 +57,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+def wait_for(
+    predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05
+) -> None:
     """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"Timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def describe(result: subprocess.CompletedProcess[str]) -> str:
@@ -104,6 +106,9 @@ class MeltanoProject:
                 "MELTANO_ENVIRONMENT": "dev",
                 # A missing plugin must fail with SETUP_HINT, not go and fetch it.
                 "MELTANO_AUTO_INSTALL": "false",
+                # Nothing may need Meltano Hub: point it at a closed loopback port.
+                "MELTANO_HUB_URL": "http://127.0.0.1:9/hub",
+                "MELTANO_HUB_API_ROOT": "http://127.0.0.1:9/hub/meltano/v1",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -113,12 +118,16 @@ class MeltanoProject:
         return [str(MELTANO_BIN), *args]
 
     def run(
-        self, *args: str, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = RUN_TIMEOUT,
+        cwd: Path = PROJECT_ROOT,
     ) -> subprocess.CompletedProcess[str]:
         """Run one Meltano command to its end, capturing its output."""
         return subprocess.run(
             self.command(*args),
-            cwd=PROJECT_ROOT,
+            cwd=cwd,
             env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
@@ -126,38 +135,48 @@ class MeltanoProject:
             check=False,
         )
 
-    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        """Start one Meltano command in a process group of its own, output to a pipe."""
-        return subprocess.Popen(
-            self.command(*args),
-            cwd=PROJECT_ROOT,
-            env={**self.env, **(env or {})},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+    def popen(
+        self, *args: str, log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """Start one Meltano command in a process group of its own, output to ``log``.
+
+        A file rather than a pipe: nobody reads a pipe while the test waits, and a full
+        one would stall the pipeline.
+        """
+        with log.open("w", encoding="utf-8") as output:
+            return subprocess.Popen(
+                self.command(*args),
+                cwd=PROJECT_ROOT,
+                env={**self.env, **(env or {})},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
 
     def state(self, state_id: str) -> dict[str, Any]:
         """The Singer state Meltano holds for ``state_id`` ({} when there is none)."""
         result = self.run("state", "get", state_id, timeout=60)
         assert result.returncode == 0, describe(result)
         text = result.stdout.strip()
-        return json.loads(text) if text else {}
+        return json.loads(text).get("singer_state", {}) if text else {}
 
 
 def tap_env(
     server: FakeOpenFunnel, *, tam: list[str], lookalike: list[str], **extra: Any
 ) -> dict[str, str]:
-    """The tap's settings as the environment variables Meltano reads (arrays as JSON)."""
+    """The tap's settings as the environment variables Meltano reads (arrays as JSON).
+
+    No ``kind: decimal`` setting (poll_interval, ...) may come from the environment:
+    Meltano 4.4 casts such a value to Decimal and then fails to write the tap's config
+    ("Object of type Decimal is not JSON serializable"). The fake jobs are complete when
+    created, so the default poll interval costs nothing here.
+    """
     settings: dict[str, Any] = {
         "api_url": server.url,
         "api_key": E2E_API_KEY,
         "tam_job_ids": tam,
         "lookalike_job_ids": lookalike,
-        "poll_interval": 0.05,
-        "max_poll_interval": 0.2,
-        "max_retry_wait": 0.1,
         **extra,
     }
     return {
@@ -290,6 +309,10 @@ class PostgresDatabase:
 
     def count(self, table: str) -> int:
         return int(self.query(f'SELECT count(*) FROM "{self.schema}"."{table}"'))
+
+    def count_if_exists(self, table: str) -> int:
+        exists = self.query(f"SELECT to_regclass('\"{self.schema}\".\"{table}\"') IS NOT NULL")
+        return self.count(table) if exists == "t" else 0
 
     def duplicates(self, table: str, keys: tuple[str, ...] = ("job_id", "rank")) -> int:
         """Key values present in more than one row."""
