@@ -64,7 +64,12 @@ def _to_string_list(value: object) -> list[str] | None:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
-        return [item if isinstance(item, str) else _to_string(item) or "" for item in value]
+        # A null inside a list of strings carries nothing; other items become text.
+        return [
+            item if isinstance(item, str) else str(_to_string(item))
+            for item in value
+            if item is not None
+        ]
     return None
 
 
@@ -73,7 +78,8 @@ _EXACT: dict[str, tuple[type, ...]] = {
     "number": (int, float),
     "string": (str,),
     "boolean": (bool,),
-    "array": (list,),
+    # Never taken as is: the items of a list must be checked too.
+    "array": (),
 }
 _COERCE: dict[str, Callable[[object], object]] = {
     "integer": _to_int,
