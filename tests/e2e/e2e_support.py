@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -84,6 +85,17 @@ def check_meltano_installed() -> None:
     missing = [name for name, path in PLUGIN_EXECUTABLES.items() if not path.is_file()]
     if missing or not DUCKDB_PYTHON.is_file():
         pytest.fail(f"Meltano plugins are not installed: {missing}. {SETUP_HINT}", pytrace=False)
+    # The stamp scripts/setup_meltano.sh leaves: a hash of the files the plugins were
+    # installed from. The tap's plugin is an editable install, but a dependency added to
+    # pyproject.toml since then would be missing from its virtualenv.
+    stamp = PROJECT_ROOT / ".meltano" / ".plugins-installed"
+    sources = b"".join((PROJECT_ROOT / name).read_bytes() for name in ("meltano.yml", "pyproject.toml"))
+    if stamp.is_file() and stamp.read_text().strip() != hashlib.sha256(sources).hexdigest():
+        pytest.fail(
+            "meltano.yml or pyproject.toml changed since the plugins were installed. "
+            + SETUP_HINT,
+            pytrace=False,
+        )
 
 
 @dataclass
