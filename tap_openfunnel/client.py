@@ -37,6 +37,7 @@ LOGGER = logging.getLogger("tap-openfunnel")
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _CREDIT_CODES = frozenset({"CREDITS_EXCEEDED", "INSUFFICIENT_CREDITS", "PAYMENT_REQUIRED"})
 _MAX_DETAIL = 500
+BALANCE_PATH = "/api/v1/credits/balance"
 
 
 class RetriableError(Exception):

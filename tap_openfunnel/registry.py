@@ -7,6 +7,7 @@ import logging
 import typing as t
 from dataclasses import dataclass
 
+from tap_openfunnel.client import BALANCE_PATH
 from tap_openfunnel.exceptions import (
     ApiError,
     ConflictError,
@@ -202,7 +203,7 @@ class JobRegistry:
         return dt.datetime.now(dt.timezone.utc) - when >= dt.timedelta(days=days)
 
     def _credits_left(self) -> float | None:
-        body = self.client.get("/api/v1/credits/balance")
+        body = self.client.get(BALANCE_PATH)
         left = body.get("credits_left")
         if isinstance(left, (int, float)) and not isinstance(left, bool):
             return float(left)

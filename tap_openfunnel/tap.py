@@ -10,14 +10,16 @@ from functools import cached_property
 from singer_sdk import Tap
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
+from singer_sdk.tap_base import CliTestOptionValue
 
-from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
+from tap_openfunnel.client import BALANCE_PATH, OpenFunnelClient, RetryPolicy
 from tap_openfunnel.exceptions import OpenFunnelError
 from tap_openfunnel.logs import install_secret_filter
 from tap_openfunnel.registry import JobRegistry, JobSource
 from tap_openfunnel.settings import CONFIG_SCHEMA, Settings
 from tap_openfunnel.streams import (
     CompanyStream,
+    CreditsBalanceStream,
     JobsStream,
     LookalikeCompaniesStream,
     TamCompaniesStream,
@@ -100,7 +102,12 @@ class TapOpenFunnel(Tap):
 
     @override
     def discover_streams(self) -> list[Stream]:
-        return [TamCompaniesStream(self), LookalikeCompaniesStream(self), JobsStream(self)]
+        return [
+            TamCompaniesStream(self),
+            LookalikeCompaniesStream(self),
+            JobsStream(self),
+            CreditsBalanceStream(self),
+        ]
 
     @classmethod
     @override
@@ -138,6 +145,31 @@ class TapOpenFunnel(Tap):
             tap.registry.raise_for_failures()
         except OpenFunnelError as exc:
             cls._fail(str(exc))
+
+    @classmethod
+    @override
+    def cb_test(cls, ctx: click.Context, param: click.Option, value: str) -> None:
+        # The SDK's --test syncs until the first record of every stream, which here
+        # would submit jobs and wait for them. A connection check needs one call.
+        if value != CliTestOptionValue.All.value:
+            super().cb_test(ctx, param, value)
+            return
+        config: t.Any = ctx.params.get("config")
+        try:
+            tap = cls(
+                config=config.config if config is not None else None,
+                parse_env_config=config.parse_env if config is not None else False,
+                validate_config=True,
+            )
+            balance = tap.client.get(BALANCE_PATH)
+        except OpenFunnelError as exc:
+            cls._fail(f"Connection test failed. {exc}")
+        cls.logger.info(
+            "Connection test passed: %s accepted the API key; %s credits left.",
+            tap.settings.api_url,
+            balance.get("credits_left", "an unknown number of"),
+        )
+        ctx.exit(0)
 
     @classmethod
     @override

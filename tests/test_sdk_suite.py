@@ -22,8 +22,20 @@ CONFIG = {
     "poll_interval": 0.05,
 }
 
+
+def catalog_selecting_every_stream() -> dict:
+    """Discovery's catalog with credits_balance (not selected by default) selected too."""
+    catalog = TapOpenFunnel(config=CONFIG).catalog_dict
+    for entry in catalog["streams"]:
+        for item in entry["metadata"]:
+            if not item["breadcrumb"]:
+                item["metadata"]["selected"] = True
+    return catalog
+
+
 TestTapOpenFunnel = get_tap_test_class(
     TapOpenFunnel,
     config=CONFIG,
+    catalog=catalog_selecting_every_stream(),
     suite_config=SuiteConfig(max_records_limit=1000),
 )

@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-from support import API_KEY, base_config, kill_after, tap_command, tap_env, write_json
+from support import (
+    API_KEY,
+    base_config,
+    kill_after,
+    parse_messages,
+    tap_command,
+    tap_env,
+    write_json,
+)
 
 from tap_openfunnel.sandbox import JobSpec
 
@@ -241,3 +249,60 @@ def test_python_dash_m_and_discover(tmp_path, server):
     assert streams["tam_companies"]["key_properties"] == ["job_id", "rank"]
     assert streams["jobs"]["key_properties"] == ["job_id"]
     assert API_KEY not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("key", "code"), [(API_KEY, 0), ("of_not_the_key", 1)])
+def test_connection_test_is_one_cheap_call(server, tmp_path, key, code):
+    """--test checks the key with the balance call: no submit, no waiting."""
+    job = server.add_job(JobSpec(kind="tam", rows=10, pending_seconds=60))
+    config = base_config(server, api_key=key, tam_job_ids=[job], tam_builds=[{"query": "x"}])
+    proc = subprocess.run(
+        [*tap_command(write_json(tmp_path / "c.json", config)), "--test"],
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == code
+    assert proc.stdout == ""
+    assert [r.path for r in server.requests] == ["/api/v1/credits/balance"]
+    assert server.submit_count("tam") == 0
+    if code == 0:
+        assert "Connection test passed" in proc.stderr
+        assert "credits left" in proc.stderr
+    else:
+        assert "Authentication failed" in proc.stderr
+        assert key not in proc.stderr
+
+
+def test_credits_balance_stream_comes_first_when_selected(server, tmp_path):
+    """Meltano selects every stream and `meltano config test` stops at the first record."""
+    job = server.add_job(JobSpec(kind="tam", rows=10))
+    config_path = write_json(tmp_path / "c.json", base_config(server, tam_job_ids=[job]))
+    discovered = subprocess.run(
+        [*tap_command(config_path), "--discover"],
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=True,
+    )
+    catalog = json.loads(discovered.stdout)
+    for entry in catalog["streams"]:
+        for item in entry["metadata"]:
+            if not item["breadcrumb"]:
+                item["metadata"]["selected"] = True
+    catalog_path = write_json(tmp_path / "catalog.json", catalog)
+    proc = subprocess.run(
+        [*tap_command(config_path), "--catalog", str(catalog_path)],
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=True,
+    )
+    records = [m for m in parse_messages(proc.stdout) if m["type"] == "RECORD"]
+    assert records[0]["stream"] == "credits_balance"
+    assert records[0]["record"]["credits_left"] > 0
+    assert len([m for m in records if m["stream"] == "tam_companies"]) == 10
