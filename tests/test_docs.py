@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from tap_openfunnel.settings import CONFIG_SCHEMA
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -22,8 +24,6 @@ def test_readme_settings_table_is_generated_from_about():
 
 
 def test_secret_settings_are_exactly_the_sensitive_ones_in_meltano_yml():
-    from tap_openfunnel.settings import CONFIG_SCHEMA
-
     secret = {name for name, spec in CONFIG_SCHEMA["properties"].items() if spec.get("secret")}
     project = yaml.safe_load((ROOT / "meltano.yml").read_text(encoding="utf-8"))
     extractor = next(p for p in project["plugins"]["extractors"] if p["name"] == "tap-openfunnel")
