@@ -39,7 +39,7 @@ def main() -> int:
     wanted = render(current)
     if "--check" in sys.argv:
         if current != wanted:
-            print("README.md's settings table is stale: run scripts/readme_settings.py")  # noqa: T201
+            print("README.md's settings table is stale: run scripts/readme_settings.py")
             return 1
         return 0
     README.write_text(wanted, encoding="utf-8")
