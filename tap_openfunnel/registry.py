@@ -7,6 +7,7 @@ import logging
 import typing as t
 from dataclasses import dataclass
 
+from tap_openfunnel.budget import BudgetGuard, check_budget
 from tap_openfunnel.client import BALANCE_PATH
 from tap_openfunnel.exceptions import (
     ApiError,
@@ -18,7 +19,7 @@ from tap_openfunnel.exceptions import (
     RowCountMismatchError,
 )
 from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, Page, TrackedJob
-from tap_openfunnel.submit import check_budget
+from tap_openfunnel.outcomes import log_summary, row_count_mismatch
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -66,7 +67,6 @@ class JobRun:
     request: Mapping[str, t.Any] | None = None
     submitted_at: str | None = None
     submitted_this_run: bool = False
-    budget_cancelled: bool = False
     pages_read: int = 0
     rows_read: int = 0
 
@@ -99,9 +99,10 @@ class JobRegistry:
             poll_interval=settings.poll_interval,
             max_poll_interval=settings.max_poll_interval,
             job_timeout=settings.job_timeout,
-            on_snapshot=self._guard_budget,
+            on_snapshot=self._on_snapshot,
         )
         self.runs: dict[str, JobRun] = {}
+        self.budget = BudgetGuard(settings.max_credits, cancel=self.cancel)
         self.failures: dict[str, JobError] = {}
         self._resolved: dict[str, list[str]] | None = None
 
@@ -330,26 +331,8 @@ class JobRegistry:
 
     def log_summary(self) -> None:
         """Log one line per stream and one for the run: jobs, pages, records, credits."""
-        consumed_total = 0.0
-        for stream_name in self.sources:
-            runs = [run for run in self.runs.values() if run.stream_name == stream_name]
-            LOGGER.info(
-                "Summary %s: %d job(s), %d page(s), %d record(s).",
-                stream_name,
-                len(runs),
-                sum(run.pages_read for run in runs),
-                sum(run.rows_read for run in runs),
-            )
-        for job in self.poller.jobs.values():
-            consumed = job.last.manifest.get("credits_consumed") if job.last else None
-            if isinstance(consumed, (int, float)) and not isinstance(consumed, bool):
-                consumed_total += consumed
-        LOGGER.info(
-            "Summary: %d job(s) touched, %d could not be extracted; %.1f credits consumed "
-            "according to their manifests.",
-            len(self.poller.jobs),
-            len(self.failures),
-            consumed_total,
+        log_summary(
+            list(self.sources), self.runs.values(), self.poller.jobs.values(), self.failures
         )
 
     # Reading ------------------------------------------------------------------------
@@ -386,69 +369,15 @@ class JobRegistry:
             snapshot: The job's terminal snapshot.
             rows_total: Rows read for the job, this run and earlier ones.
         """
-        manifest = snapshot.manifest
-        key = "unique_count" if snapshot.job_type is JobType.TAM else "count"
-        expected = manifest.get(key)
-        if not isinstance(expected, int) or isinstance(expected, bool):
-            LOGGER.warning(
-                "Job %s: the manifest has no usable %r, so the %d rows read cannot be "
-                "checked against it.",
-                snapshot.job_id,
-                key,
-                rows_total,
-            )
+        problem = row_count_mismatch(snapshot, rows_total)
+        if problem is None:
             return
-        if expected == rows_total:
-            return
-        msg = (
-            f"Job {snapshot.job_id}: read {rows_total} rows but the manifest's {key} says "
-            f"{expected}. Every row the API returned was delivered; the difference is on "
-            "the API's side. Set 'strict_row_count' to fail runs on such a mismatch."
-        )
         if self.settings.strict_row_count:
-            self.fail(RowCountMismatchError(snapshot.job_id, msg))
+            self.fail(RowCountMismatchError(snapshot.job_id, problem))
         else:
-            LOGGER.warning("%s", msg)
+            LOGGER.warning("%s", problem)
 
     # Spending -----------------------------------------------------------------------
-
-    def _guard_budget(self, job: TrackedJob, snapshot: JobSnapshot) -> None:
-        """Cancel a submitted TAM build once this run's spend passes ``max_credits``.
-
-        A TAM build has no size parameter, so its ``processed`` count is the only
-        brake: cancelled builds keep (and bill) only what was delivered.
-        """
-        cap = self.settings.max_credits
-        run = self.runs.get(job.job_id)
-        if cap is None or run is None or run.origin != "submitted" or run.budget_cancelled:
-            return
-        if job.job_type is not JobType.TAM or snapshot.terminal:
-            return
-        committed = sum(self._committed(other) for other in self.runs.values())
-        if committed <= cap:
-            return
-        run.budget_cancelled = True
-        LOGGER.warning(
-            "Job %s: this run's jobs have reached %.0f credits, above max_credits (%.0f); "
-            "cancelling the build. The companies delivered so far stay readable and are "
-            "the only ones billed; they will be extracted.",
-            job.job_id,
-            committed,
-            cap,
-        )
-        self.cancel(job.job_id)
-
-    def _committed(self, run: JobRun) -> float:
-        if run.origin != "submitted":
-            return 0.0
-        if run.job_type is JobType.LOOKALIKE:
-            return float((run.request or {}).get("limit", 0) if run.submitted_this_run else 0)
-        tracked = self.poller.jobs.get(run.job_id)
-        processed = tracked.last.body.get("processed") if tracked and tracked.last else None
-        try:
-            return float(processed or 0)
-        except (TypeError, ValueError):
-            return 0.0
 
     def cancel(self, job_id: str) -> None:
         """Ask OpenFunnel to cancel a job; an already finished one is fine.
@@ -478,6 +407,16 @@ class JobRegistry:
             self.cancel(run.job_id)
             cancelled.append(run.job_id)
         return cancelled
+
+    def _on_snapshot(self, job: TrackedJob, snapshot: JobSnapshot) -> None:
+        run = self.runs.get(job.job_id)
+        if run is not None and run.origin == "submitted":
+            self.budget.observe(
+                snapshot,
+                reserved=float((run.request or {}).get("limit", 0))
+                if run.submitted_this_run and run.job_type is JobType.LOOKALIKE
+                else 0.0,
+            )
 
     # Internals ----------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import json
 import typing as t
 from dataclasses import dataclass
 
-from tap_openfunnel.exceptions import ConfigurationError, OpenFunnelError
+from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.jobs import JobType
 
 if t.TYPE_CHECKING:
@@ -27,10 +27,6 @@ MAX_LOOKALIKE_LIMIT = 10_000
 _MAX_SEEDS = 10
 _TAM_QUERY_MAX = 500
 _LOOKALIKE_QUERY_MAX = 200
-
-
-class BudgetError(OpenFunnelError):
-    """Submitting would exceed the balance or ``max_credits``; nothing was submitted."""
 
 
 @dataclass(frozen=True)
@@ -226,41 +222,3 @@ class _EntryCheck:
 
     def _build(self, job_type: JobType, body: dict[str, t.Any]) -> BuildEntry:
         return BuildEntry(self.setting, self.index, job_type, body, fingerprint(job_type, body))
-
-
-def check_budget(
-    entries: Sequence[BuildEntry],
-    *,
-    credits_left: float | None,
-    max_credits: float | None,
-) -> None:
-    """Refuse, before any submit, what the balance or the cap cannot cover.
-
-    Args:
-        entries: The entries about to be submitted.
-        credits_left: The account balance (None: unknown).
-        max_credits: The per-run cap (None: none).
-
-    Raises:
-        BudgetError: Naming the shortfall.
-    """
-    if not entries:
-        return
-    worst = sum(entry.worst_case_credits or 0.0 for entry in entries)
-    labels = ", ".join(entry.label for entry in entries)
-    if max_credits is not None and worst > max_credits:
-        msg = (
-            f"The searches about to be submitted ({labels}) could cost up to {worst:,.0f} "
-            f"credits, above max_credits ({max_credits:,.0f}). Nothing was submitted. Lower "
-            "their 'limit', or raise 'max_credits'."
-        )
-        raise BudgetError(msg)
-    if credits_left is not None and (worst > credits_left or credits_left <= 0):
-        tam = any(entry.worst_case_credits is None for entry in entries)
-        msg = (
-            f"The account has {credits_left:,.1f} credits left, but the jobs about to be "
-            f"submitted ({labels}) could cost up to {worst:,.0f}"
-            f"{' plus what the TAM builds deliver' if tam else ''}. Nothing was submitted. "
-            "Top up the account or lower the searches' 'limit'."
-        )
-        raise BudgetError(msg)

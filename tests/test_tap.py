@@ -245,7 +245,7 @@ def test_python_dash_m_and_discover(tmp_path, server):
     )
     catalog = json.loads(proc.stdout)
     streams = {entry["tap_stream_id"]: entry for entry in catalog["streams"]}
-    assert set(streams) == {"tam_companies", "lookalike_companies", "jobs"}
+    assert set(streams) == {"tam_companies", "lookalike_companies", "jobs", "credits_balance"}
     assert streams["tam_companies"]["key_properties"] == ["job_id", "rank"]
     assert streams["jobs"]["key_properties"] == ["job_id"]
     assert API_KEY not in proc.stdout + proc.stderr

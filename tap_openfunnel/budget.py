@@ -1,0 +1,115 @@
+"""Spending: the up-front budget check, and the brake on TAM builds while they run."""
+
+from __future__ import annotations
+
+import logging
+import typing as t
+
+from tap_openfunnel.exceptions import OpenFunnelError
+from tap_openfunnel.jobs import JobType
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from tap_openfunnel.jobs import JobSnapshot
+    from tap_openfunnel.submit import BuildEntry
+
+LOGGER = logging.getLogger("tap-openfunnel")
+
+
+class BudgetError(OpenFunnelError):
+    """Submitting would exceed the balance or ``max_credits``; nothing was submitted."""
+
+
+class BudgetGuard:
+    """Cancels a submitted TAM build once this run's spend passes ``max_credits``.
+
+    A TAM build has no size parameter, so its ``processed`` count is the only brake:
+    a cancelled build keeps (and bills) only what was delivered. Spend is what the
+    running TAM builds have processed plus the limits of the searches submitted in this
+    run (their worst case).
+
+    Args:
+        max_credits: The cap, or None for none.
+        cancel: Cancels a job by id.
+    """
+
+    def __init__(self, max_credits: float | None, *, cancel: Callable[[str], None]) -> None:
+        self.max_credits = max_credits
+        self._cancel = cancel
+        self._spend: dict[str, float] = {}
+        self.cancelled: set[str] = set()
+
+    def observe(self, snapshot: JobSnapshot, *, reserved: float = 0.0) -> None:
+        """Account for one poll of a job the tap submitted; cancel a build over the cap.
+
+        Args:
+            snapshot: The poll answer.
+            reserved: Credits set aside for the job whatever it reports (a search's limit).
+        """
+        if snapshot.job_type is JobType.TAM:
+            try:
+                self._spend[snapshot.job_id] = float(snapshot.body.get("processed") or 0)
+            except (TypeError, ValueError):
+                self._spend.setdefault(snapshot.job_id, 0.0)
+        else:
+            self._spend[snapshot.job_id] = reserved
+        cap = self.max_credits
+        if (
+            cap is None
+            or snapshot.job_type is not JobType.TAM
+            or snapshot.terminal
+            or snapshot.job_id in self.cancelled
+        ):
+            return
+        spent = sum(self._spend.values())
+        if spent <= cap:
+            return
+        self.cancelled.add(snapshot.job_id)
+        LOGGER.warning(
+            "Job %s: this run's jobs have reached %.0f credits, above max_credits (%.0f); "
+            "cancelling the build. The companies delivered so far stay readable and are "
+            "the only ones billed; they will be extracted.",
+            snapshot.job_id,
+            spent,
+            cap,
+        )
+        self._cancel(snapshot.job_id)
+
+
+def check_budget(
+    entries: Sequence[BuildEntry],
+    *,
+    credits_left: float | None,
+    max_credits: float | None,
+) -> None:
+    """Refuse, before any submit, what the balance or the cap cannot cover.
+
+    Args:
+        entries: The entries about to be submitted.
+        credits_left: The account balance (None: unknown).
+        max_credits: The per-run cap (None: none).
+
+    Raises:
+        BudgetError: Naming the shortfall.
+    """
+    if not entries:
+        return
+    worst = sum(entry.worst_case_credits or 0.0 for entry in entries)
+    labels = ", ".join(entry.label for entry in entries)
+    if max_credits is not None and worst > max_credits:
+        msg = (
+            f"The searches about to be submitted ({labels}) could cost up to {worst:,.0f} "
+            f"credits, above max_credits ({max_credits:,.0f}). Nothing was submitted. Lower "
+            "their 'limit', or raise 'max_credits'."
+        )
+        raise BudgetError(msg)
+    if credits_left is not None and (worst > credits_left or credits_left <= 0):
+        tam = any(entry.worst_case_credits is None for entry in entries)
+        msg = (
+            f"The account has {credits_left:,.1f} credits left, but the jobs about to be "
+            f"submitted ({labels}) could cost up to {worst:,.0f}"
+            f"{' plus what the TAM builds deliver' if tam else ''}. Nothing was submitted. "
+            "Top up the account or lower the searches' 'limit'."
+        )
+        raise BudgetError(msg)
