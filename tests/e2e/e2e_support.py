@@ -89,11 +89,12 @@ def check_meltano_installed() -> None:
     # installed from. The tap's plugin is an editable install, but a dependency added to
     # pyproject.toml since then would be missing from its virtualenv.
     stamp = PROJECT_ROOT / ".meltano" / ".plugins-installed"
-    sources = b"".join((PROJECT_ROOT / name).read_bytes() for name in ("meltano.yml", "pyproject.toml"))
+    sources = b"".join(
+        (PROJECT_ROOT / name).read_bytes() for name in ("meltano.yml", "pyproject.toml")
+    )
     if stamp.is_file() and stamp.read_text().strip() != hashlib.sha256(sources).hexdigest():
         pytest.fail(
-            "meltano.yml or pyproject.toml changed since the plugins were installed. "
-            + SETUP_HINT,
+            "meltano.yml or pyproject.toml changed since the plugins were installed. " + SETUP_HINT,
             pytrace=False,
         )
 
@@ -272,7 +273,8 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     bin_dir = find_pg_bin()
     prefix, owner = _cluster_owner()
     # As root the folder must be reachable by 'postgres': /tmp is, pytest's tmp is not.
-    base = Path(tempfile.mkdtemp(prefix="tap-openfunnel-pg-", dir="/tmp" if owner else None))
+    tmp = "/tmp" if owner else None  # noqa: S108 - a private mkdtemp inside it
+    base = Path(tempfile.mkdtemp(prefix="tap-openfunnel-pg-", dir=tmp))
     if owner:
         os.chown(base, *owner)
     data, log = base / "data", base / "server.log"
@@ -319,25 +321,26 @@ class PostgresDatabase:
     def query(self, sql: str) -> str:
         return self.cluster.psql(self.name, sql)
 
+    def table(self, name: str) -> str:
+        return f'"{self.schema}"."{name}"'
+
+    # The S608 suppressions below: every name in these queries is the test's own.
     def count(self, table: str) -> int:
-        return int(self.query(f'SELECT count(*) FROM "{self.schema}"."{table}"'))
+        return int(self.query(f"SELECT count(*) FROM {self.table(table)}"))  # noqa: S608
 
     def count_if_exists(self, table: str) -> int:
-        exists = self.query(f"SELECT to_regclass('\"{self.schema}\".\"{table}\"') IS NOT NULL")
+        exists = self.query(f"SELECT to_regclass('{self.table(table)}') IS NOT NULL")
         return self.count(table) if exists == "t" else 0
 
     def duplicates(self, table: str, keys: tuple[str, ...] = ("job_id", "rank")) -> int:
         """Key values present in more than one row."""
-        columns = ", ".join(f'"{key}"' for key in keys)
-        return int(
-            self.query(
-                f'SELECT count(*) FROM (SELECT {columns} FROM "{self.schema}"."{table}" '
-                f"GROUP BY {columns} HAVING count(*) > 1) AS dup"
-            )
-        )
+        cols = ", ".join(f'"{key}"' for key in keys)
+        grouped = f"SELECT {cols} FROM {self.table(table)} GROUP BY {cols} HAVING count(*) > 1"  # noqa: S608
+        return int(self.query(f"SELECT count(*) FROM ({grouped}) AS dup"))  # noqa: S608
 
     def counts_by_job(self, table: str) -> dict[str, int]:
-        rows = self.query(f'SELECT job_id, count(*) FROM "{self.schema}"."{table}" GROUP BY 1')
+        sql = f"SELECT job_id, count(*) FROM {self.table(table)} GROUP BY 1"  # noqa: S608
+        rows = self.query(sql)
         return {job: int(n) for job, n in (line.split("|") for line in rows.splitlines())}
 
     @property
