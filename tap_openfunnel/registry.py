@@ -350,17 +350,21 @@ class JobRegistry:
         """
         return Page.from_response(self._fetch(job_type, job_id, cursor))
 
-    def page_done(self, job_id: str, rows: int) -> None:
+    def page_done(self, job_id: str, rows: int, *, emit_state: bool = True) -> None:
         """Count a page fully emitted, and emit STATE so a restart resumes after it.
 
         Args:
             job_id: The job.
             rows: Rows the page held.
+            emit_state: False when records go to BATCH files, which the SDK follows
+                with STATE itself once a file is out: a STATE now would run ahead of
+                records still waiting in an unwritten file.
         """
         run = self.runs[job_id]
         run.pages_read += 1
         run.rows_read += rows
-        self.write_state()
+        if emit_state:
+            self.write_state()
 
     def check_row_count(self, snapshot: JobSnapshot, rows_total: int) -> None:
         """Compare the rows read over all runs with the manifest's count.

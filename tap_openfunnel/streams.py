@@ -125,6 +125,7 @@ class CompanyStream(OpenFunnelStream):
         start: str | None = state.get("next_cursor")
         rows_total = int(state.get("rows_read", 0))
         pages = snapshot.manifest.get("pages")
+        batching = self.get_batch_config(self.config) is not None
         reader = PageReader(
             job_id,
             functools.partial(self.registry.fetch_page, self.job_type, job_id),
@@ -151,7 +152,7 @@ class CompanyStream(OpenFunnelStream):
                 else:
                     state.pop("next_cursor", None)
                     state["done"] = True
-                self.registry.page_done(job_id, len(page.rows))
+                self.registry.page_done(job_id, len(page.rows), emit_state=not batching)
         except PageSequenceError as exc:
             self.registry.fail(exc)
             return
