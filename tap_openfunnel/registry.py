@@ -150,7 +150,8 @@ class JobRegistry:
             )
             for source, entry in to_submit:
                 resolved[source.stream_name].append(self._submit(source, entry))
-        return resolved
+        # A job can be both in config and remembered for an entry: read it once.
+        return {name: list(dict.fromkeys(job_ids)) for name, job_ids in resolved.items()}
 
     def _attach(self, source: JobSource, entry: BuildEntry) -> str | t.Literal[False] | None:
         """Find the job an entry already has: its id, None (nothing to do), False (submit)."""
