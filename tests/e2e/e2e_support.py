@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -85,16 +85,19 @@ def check_meltano_installed() -> None:
     missing = [name for name, path in PLUGIN_EXECUTABLES.items() if not path.is_file()]
     if missing or not DUCKDB_PYTHON.is_file():
         pytest.fail(f"Meltano plugins are not installed: {missing}. {SETUP_HINT}", pytrace=False)
-    # The stamp scripts/setup_meltano.sh leaves: a hash of the files the plugins were
-    # installed from. The tap's plugin is an editable install, but a dependency added to
-    # pyproject.toml since then would be missing from its virtualenv.
+    # scripts/setup_meltano.sh stamps what the plugins were installed from: the tap's
+    # plugin is an editable install, but a dependency added since would be missing.
     stamp = PROJECT_ROOT / ".meltano" / ".plugins-installed"
-    sources = b"".join(
-        (PROJECT_ROOT / name).read_bytes() for name in ("meltano.yml", "pyproject.toml")
-    )
-    if stamp.is_file() and stamp.read_text().strip() != hashlib.sha256(sources).hexdigest():
+    current = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts" / "plugins_fingerprint.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    if stamp.is_file() and stamp.read_text().strip() != current:
         pytest.fail(
-            "meltano.yml or pyproject.toml changed since the plugins were installed. " + SETUP_HINT,
+            "meltano.yml or the tap's dependencies changed since `meltano install`. " + SETUP_HINT,
             pytrace=False,
         )
 

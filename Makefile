@@ -1,0 +1,53 @@
+# The README's two commands:
+#   make demo   extract the sample jobs of a fake OpenFunnel server (or, with
+#               TAP_OPENFUNNEL_API_KEY set, the real API) into DuckDB through Meltano
+#   make test   every test, the end-to-end runs through Meltano included
+#
+# Both create what they need on a fresh machine (Debian 12: python3.11 with python3-venv;
+# `make test` also needs PostgreSQL's binaries: apt-get install postgresql) and skip the
+# installs on later runs: stamp files in .venv/ and .meltano-venv/ remember them.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+TOOLS_VENV := .tools-venv
+PYTEST_ARGS ?=
+
+.PHONY: demo test install meltano clean-demo
+
+demo: $(VENV)/.installed meltano
+	scripts/demo.sh
+
+test: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Everything the tests, linters and type checker need (what .ci/run calls first).
+install: $(VENV)/.installed-test $(TOOLS_VENV)/.installed meltano
+
+# Meltano in its own virtualenv (.meltano-venv/) and the plugins of meltano.yml.
+meltano:
+	PYTHON="$(PYTHON)" scripts/setup_meltano.sh
+
+$(VENV)/bin/python:
+	@test -n "$(PYTHON)" || { echo "No python3.11 or python3 on PATH." >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV) || { echo "'$(PYTHON) -m venv' failed (Debian: apt-get install python3-venv)." >&2; exit 1; }
+
+# The project itself (editable), for the demo: its fake server and the tap.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --quiet -e .
+	touch $@
+
+# The project with its test extras.
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+# singer-tools (singer-check-tap validates the tap's output in the tests) pins
+# jsonschema 2.6.0: it gets a virtualenv of its own, away from singer-sdk.
+$(TOOLS_VENV)/.installed:
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet 'singer-tools==0.4.1' setuptools
+	touch $@
+
+clean-demo:
+	rm -rf .demo output/demo.duckdb output/demo.duckdb.wal

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The README's first command (`make demo`): run `meltano run tap-openfunnel target-duckdb`
+# and show what landed in DuckDB.
+#
+# Without TAP_OPENFUNNEL_API_KEY it starts the fake OpenFunnel server that ships with the
+# package (`python -m tap_openfunnel.sandbox --demo`: one completed TAM job of 1,234
+# companies and one lookalike job of 250) on a free loopback port, points the tap at it,
+# loads output/demo.duckdb and fails unless every row arrived. With
+# TAP_OPENFUNNEL_API_KEY set, the same pipeline runs against the real API with your
+# settings (TAP_OPENFUNNEL_TAM_JOB_IDS='["..."]', `meltano config tap-openfunnel set ...`)
+# and loads output/warehouse.duckdb.
+#
+# Expects .venv (the project) and .meltano-venv (Meltano and its plugins) to exist:
+# `make demo` creates both first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${VENV:-.venv}"
+MELTANO="${MELTANO_VENV:-.meltano-venv}/bin/meltano"
+DUCKDB_PYTHON=.meltano/loaders/target-duckdb/venv/bin/python
+DEMO_DIR=.demo
+TAM_ROWS=1234
+LOOKALIKE_ROWS=250
+export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
+export MELTANO_CLI_DISABLE_VERSION_CHECK=true
+export PYTHONUNBUFFERED=1
+mkdir -p "$DEMO_DIR" output
+
+server_pid=""
+stop_server() {
+    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+}
+trap stop_server EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+run_args=(run tap-openfunnel target-duckdb)
+show_args=()
+if [[ -z "${TAP_OPENFUNNEL_API_KEY:-}" ]]; then
+    echo "==> TAP_OPENFUNNEL_API_KEY is not set: starting the fake OpenFunnel server (sandbox)"
+    info="$DEMO_DIR/sandbox.json"
+    rm -f "$info"
+    "$VENV/bin/python" -m tap_openfunnel.sandbox --port 0 --demo \
+        --tam-rows "$TAM_ROWS" --lookalike-rows "$LOOKALIKE_ROWS" \
+        > "$info" 2> "$DEMO_DIR/sandbox.log" &
+    server_pid=$!
+    for _ in $(seq 100); do
+        [[ -s "$info" ]] && break
+        kill -0 "$server_pid" 2>/dev/null || { cat "$DEMO_DIR/sandbox.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    [[ -s "$info" ]] || { echo "The sandbox did not start within 10 s" >&2; exit 1; }
+    # The sandbox prints one JSON line: url, api_key and the ids of its sample jobs.
+    eval "$("$VENV/bin/python" - "$info" <<'PY'
+import json, shlex, sys
+info = json.loads(open(sys.argv[1], encoding="utf-8").readline())
+settings = {
+    "API_URL": info["url"],
+    "API_KEY": info["api_key"],
+    "TAM_JOB_IDS": json.dumps(info["tam_job_ids"]),
+    "LOOKALIKE_JOB_IDS": json.dumps(info["lookalike_job_ids"]),
+}
+for name, value in settings.items():
+    print(f"export TAP_OPENFUNNEL_{name}={shlex.quote(value)}")
+PY
+)"
+    echo "    $TAP_OPENFUNNEL_API_URL  TAM job $TAP_OPENFUNNEL_TAM_JOB_IDS  lookalike job $TAP_OPENFUNNEL_LOOKALIKE_JOB_IDS"
+    export TARGET_DUCKDB_FILEPATH="$PWD/output/demo.duckdb"
+    rm -f "$TARGET_DUCKDB_FILEPATH" "$TARGET_DUCKDB_FILEPATH.wal"
+    # The sandbox's jobs are the same every time: a state id of its own and a full
+    # refresh keep them out of the real pipeline's state and re-extract them each run.
+    run_args=(run --state-id-suffix sandbox --full-refresh tap-openfunnel target-duckdb)
+    show_args=(--expect "tam_companies=$TAM_ROWS" --expect "lookalike_companies=$LOOKALIKE_ROWS" --expect jobs=2)
+else
+    echo "==> TAP_OPENFUNNEL_API_KEY is set: extracting from ${TAP_OPENFUNNEL_API_URL:-the OpenFunnel API}"
+    export TARGET_DUCKDB_FILEPATH="${TARGET_DUCKDB_FILEPATH:-$PWD/output/warehouse.duckdb}"
+fi
+
+log="$DEMO_DIR/meltano-run.log"
+echo "==> meltano ${run_args[*]}   (full log: $log)"
+started=$SECONDS
+if ! "$MELTANO" "${run_args[@]}" > "$log" 2>&1; then
+    echo "meltano run failed; the end of $log:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+fi
+# The lines a person follows: the tap's job progress, warnings and summary, the loads.
+grep -E "tap-openfunnel|target-duckdb +Loading|Run completed" "$log" \
+    | grep -vE "METRIC|Skipping parse of env var|Beginning sync|Meltano SDK v" \
+    | sed -E 's/^[^ ]+ +\[([a-z]+) *\] +/    \1  /' || true
+echo "==> Done in $((SECONDS - started)) s. What landed in DuckDB:"
+"$DUCKDB_PYTHON" scripts/show_duckdb.py "$TARGET_DUCKDB_FILEPATH" "${show_args[@]}"
+if [[ ${#show_args[@]} -gt 0 ]]; then
+    echo "==> OK: every row of the sample jobs arrived ($TAM_ROWS TAM companies, $LOOKALIKE_ROWS lookalikes)."
+elif grep -q "in an earlier run; skipping" "$log"; then
+    echo "==> Jobs extracted by an earlier run were skipped (Meltano keeps the state: \`meltano state list\`)."
+fi

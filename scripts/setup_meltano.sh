@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Create Meltano's own virtualenv (.meltano-venv/) and install the plugins of meltano.yml.
+#
+# Meltano lives apart from the tap's .venv because its pins (sqlalchemy, click) clash
+# with singer-sdk's; each plugin then gets its own virtualenv under .meltano/. Every
+# plugin is defined inline in meltano.yml, so nothing here asks Meltano Hub.
+# Idempotent: stamp files skip the work when nothing changed (a second run takes ~0.1 s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MELTANO_VENV="${MELTANO_VENV:-.meltano-venv}"
+MELTANO_SPEC="${MELTANO_SPEC:-meltano>=4,<5}"
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3 || true)}"
+PLUGIN_EXECUTABLES=(
+    .meltano/extractors/tap-openfunnel/venv/bin/tap-openfunnel
+    .meltano/loaders/target-duckdb/venv/bin/target-duckdb
+    .meltano/loaders/target-postgres/venv/bin/target-postgres
+    .meltano/loaders/target-jsonl/venv/bin/target-jsonl
+)
+export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
+export MELTANO_CLI_DISABLE_VERSION_CHECK=true
+
+venv_stamp="$MELTANO_VENV/.installed"
+if [[ ! -x "$MELTANO_VENV/bin/meltano" || "$(cat "$venv_stamp" 2>/dev/null)" != "$MELTANO_SPEC" ]]; then
+    if [[ -z "$PYTHON" ]]; then
+        echo "No python3.11 or python3 on PATH (Debian: apt-get install python3 python3-venv)." >&2
+        exit 1
+    fi
+    echo "==> Creating $MELTANO_VENV with $PYTHON and installing '$MELTANO_SPEC'"
+    if ! "$PYTHON" -m venv "$MELTANO_VENV"; then
+        echo "'$PYTHON -m venv' failed (Debian: apt-get install python3-venv)." >&2
+        exit 1
+    fi
+    # Keep the virtualenv out of git whatever the project's .gitignore says.
+    printf '*\n' > "$MELTANO_VENV/.gitignore"
+    "$MELTANO_VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$MELTANO_VENV/bin/python" -m pip install --quiet "$MELTANO_SPEC"
+    printf '%s' "$MELTANO_SPEC" > "$venv_stamp"
+fi
+
+# Plugins are (re)installed when meltano.yml or the tap's dependencies (it is installed
+# with `pip_url: -e .`) changed since the last install, or a plugin is missing.
+plugins_stamp=.meltano/.plugins-installed
+wanted="$("$MELTANO_VENV/bin/python" scripts/plugins_fingerprint.py)"
+missing=0
+for executable in "${PLUGIN_EXECUTABLES[@]}"; do
+    [[ -x "$executable" ]] || missing=1
+done
+if [[ "$missing" == 1 || "$(cat "$plugins_stamp" 2>/dev/null)" != "$wanted" ]]; then
+    echo "==> meltano install (each plugin in its own virtualenv under .meltano/)"
+    "$MELTANO_VENV/bin/meltano" install
+    printf '%s' "$wanted" > "$plugins_stamp"
+fi

@@ -1,0 +1,105 @@
+"""meltano.yml and the Hub-style tap-openfunnel.yml agree with the tap, and need no Hub."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from e2e_support import PROJECT_ROOT, describe
+
+from tap_openfunnel.tap import TapOpenFunnel
+
+MELTANO_YML = yaml.safe_load((PROJECT_ROOT / "meltano.yml").read_text(encoding="utf-8"))
+HUB_DEFINITION = yaml.safe_load((PROJECT_ROOT / "tap-openfunnel.yml").read_text(encoding="utf-8"))
+SDK_BUILTINS = frozenset(
+    {
+        "stream_maps",
+        "stream_map_config",
+        "faker_config",
+        "flattening_enabled",
+        "flattening_max_depth",
+        "flattening_max_key_length",
+        "flattening_separator",
+        "batch_config",
+    }
+)
+EXTRACTOR = next(p for p in MELTANO_YML["plugins"]["extractors"] if p["name"] == "tap-openfunnel")
+
+
+def test_settings_are_generated_from_the_tap():
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts" / "plugin_settings.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "definition",
+    [pytest.param(EXTRACTOR, id="meltano.yml"), pytest.param(HUB_DEFINITION, id="hub-definition")],
+)
+def test_sensitive_settings_are_exactly_the_secret_ones(definition):
+    # The SDK appends its built-in settings to the class's schema, in place, once a tap
+    # is created in this process: they are left out of the plugin definitions.
+    properties = {
+        name: prop
+        for name, prop in TapOpenFunnel.config_jsonschema["properties"].items()
+        if name not in SDK_BUILTINS
+    }
+    secret = {name for name, prop in properties.items() if prop.get("secret")}
+    sensitive = {s["name"] for s in definition["settings"] if s.get("sensitive")}
+    assert sensitive == secret == {"api_key"}
+    assert {s["name"] for s in definition["settings"]} == set(properties)
+
+
+def test_every_plugin_is_defined_inline():
+    # namespace, pip_url and executable make `meltano install` and `meltano run` work
+    # without asking Meltano Hub for the plugin's definition.
+    plugins = [p for kind in MELTANO_YML["plugins"].values() for p in kind]
+    assert {p["name"] for p in plugins} == {
+        "tap-openfunnel",
+        "target-duckdb",
+        "target-postgres",
+        "target-jsonl",
+    }
+    for plugin in plugins:
+        assert {"namespace", "pip_url", "executable", "settings"} <= plugin.keys(), plugin["name"]
+        assert "inherit_from" not in plugin
+    duckdb = next(p for p in plugins if p["name"] == "target-duckdb")
+    # duckdb >= 1.3 makes target-duckdb 0.8.0 drop the first row of every batch.
+    assert "duckdb==1.2.2" in duckdb["pip_url"].split()
+    assert MELTANO_YML["send_anonymous_usage_stats"] is False
+
+
+@pytest.mark.e2e
+def test_hub_definition_adds_to_another_project(meltano, tmp_path):
+    created = meltano.run("init", "elsewhere", "--no-usage-stats", cwd=tmp_path, timeout=120)
+    assert created.returncode == 0, describe(created)
+    project = tmp_path / "elsewhere"
+
+    added = meltano.run(
+        "add",
+        "--plugin-type",
+        "extractor",
+        "tap-openfunnel",
+        "--from-ref",
+        str(PROJECT_ROOT / "tap-openfunnel.yml"),
+        "--no-install",
+        cwd=project,
+        timeout=120,
+    )
+
+    assert added.returncode == 0, describe(added)
+    extractors = yaml.safe_load((project / "meltano.yml").read_text())["plugins"]["extractors"]
+    (plugin,) = extractors
+    assert plugin["name"] == "tap-openfunnel"
+    assert plugin["namespace"] == "tap_openfunnel"
+    assert plugin["settings"] == HUB_DEFINITION["settings"]
+    listed = meltano.run("config", "list", "tap-openfunnel", cwd=project, timeout=120)
+    assert listed.returncode == 0, describe(listed)
+    assert "api_key [env: TAP_OPENFUNNEL_API_KEY]" in listed.stdout
