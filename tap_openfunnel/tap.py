@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
+import os
 import sys
 import typing as t
 from functools import cached_property
@@ -41,7 +44,8 @@ class TapOpenFunnel(Tap):
     """Singer tap for OpenFunnel TAM Builder and Search Lookalikes Bulk jobs."""
 
     name = "tap-openfunnel"
-    config_jsonschema = CONFIG_SCHEMA
+    # A copy: the SDK appends its built-in settings to the class's schema in place.
+    config_jsonschema = copy.deepcopy(CONFIG_SCHEMA)
     # msgspec serialises a record several times faster than the default writer.
     message_writer_class = MsgSpecWriter
     capabilities: t.ClassVar[list[CapabilitiesEnum]] = [
@@ -204,4 +208,8 @@ class TapOpenFunnel(Tap):
                 self.logger.warning(
                     "cancel_on_interrupt: asked to cancel %s.", ", ".join(cancelled)
                 )
-        sys.exit(128 + signum)
+        # Exit now: a normal exit would wait for page requests still in flight in the
+        # prefetch threads (up to request_timeout). Everything written is flushed first.
+        sys.stdout.flush()
+        logging.shutdown()
+        os._exit(128 + signum)

@@ -79,11 +79,11 @@ def test_output_passes_singer_check_tap(server, tmp_path):
 
 
 def test_pending_then_running_job_is_waited_for(server, run_tap):
-    job = server.add_job(JobSpec(kind="tam", rows=450, pending_seconds=0.5, running_seconds=2.0))
+    job = server.add_job(JobSpec(kind="tam", rows=450, pending_seconds=1.5, running_seconds=2.0))
     started = time.monotonic()
     run = run_tap(base_config(server, tam_job_ids=[job]))
     assert run.returncode == 0, run.stderr
-    assert time.monotonic() - started >= 2.0
+    assert time.monotonic() - started >= 3.5
     assert ranks(run.records("tam_companies"), job) == list(range(1, 451))
     assert "status pending" in run.stderr
     assert "status running" in run.stderr
@@ -333,3 +333,26 @@ def test_batch_mode_delivers_every_row_and_state_never_runs_ahead(server, run_ta
                 # Every row the state says was read is already in a written batch file.
                 assert partition.get("rows_read", 0) <= len(ranks_seen)
     assert sorted(ranks_seen) == list(range(1, 1235))
+
+
+def test_sigterm_does_not_wait_for_page_requests_in_flight(server, tmp_path):
+    """Prefetch threads stuck on slow pages must not hold the exit for request_timeout."""
+    job = server.add_job(JobSpec(kind="tam", rows=2000))
+    server.latency = 4.0
+    config = base_config(server, tam_job_ids=[job], page_concurrency=4, request_timeout=60)
+    proc = subprocess.Popen(
+        tap_command(write_json(tmp_path / "c.json", config)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=tap_env(),
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the first company record: page requests are now in flight
+        if b'"tam_companies"' in line and b'"RECORD"' in line:
+            break
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.stdout.read()
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert time.monotonic() - signalled < 2.5
