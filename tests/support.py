@@ -108,3 +108,17 @@ def kill_after(command, env, *, records: int, sig=signal.SIGKILL, timeout=60.0):
         err_file.seek(0)
         err = err_file.read().decode()
     return proc.returncode, parse_messages(b"".join(lines).decode()), err
+
+
+def discover(config_path: Path) -> dict[str, Any]:
+    """Run ``--discover`` through the CLI and return the catalog."""
+    proc = subprocess.run(
+        [*tap_command(config_path), "--discover"],
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=True,
+    )
+    assert API_KEY not in proc.stdout + proc.stderr
+    return json.loads(proc.stdout)

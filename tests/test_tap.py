@@ -13,6 +13,7 @@ import pytest
 from support import (
     API_KEY,
     base_config,
+    discover,
     kill_after,
     parse_messages,
     tap_command,
@@ -235,21 +236,11 @@ def test_api_key_never_printed_even_at_debug(server, tmp_path):
 
 
 def test_python_dash_m_and_discover(tmp_path, server):
-    config_path = write_json(tmp_path / "c.json", base_config(server))
-    proc = subprocess.run(
-        [*tap_command(config_path), "--discover"],
-        capture_output=True,
-        text=True,
-        env=tap_env(),
-        timeout=60,
-        check=True,
-    )
-    catalog = json.loads(proc.stdout)
+    catalog = discover(write_json(tmp_path / "c.json", base_config(server)))
     streams = {entry["tap_stream_id"]: entry for entry in catalog["streams"]}
     assert set(streams) == {"tam_companies", "lookalike_companies", "jobs", "credits_balance"}
     assert streams["tam_companies"]["key_properties"] == ["job_id", "rank"]
     assert streams["jobs"]["key_properties"] == ["job_id"]
-    assert API_KEY not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(("key", "code"), [(API_KEY, 0), ("of_not_the_key", 1)])
@@ -281,15 +272,7 @@ def test_credits_balance_stream_comes_first_when_selected(server, tmp_path):
     """Meltano selects every stream and `meltano config test` stops at the first record."""
     job = server.add_job(JobSpec(kind="tam", rows=10))
     config_path = write_json(tmp_path / "c.json", base_config(server, tam_job_ids=[job]))
-    discovered = subprocess.run(
-        [*tap_command(config_path), "--discover"],
-        capture_output=True,
-        text=True,
-        env=tap_env(),
-        timeout=60,
-        check=True,
-    )
-    catalog = json.loads(discovered.stdout)
+    catalog = discover(config_path)
     for entry in catalog["streams"]:
         for item in entry["metadata"]:
             if not item["breadcrumb"]:
