@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import typing as t
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.submit import BuildEntry, parse_entries
 
 if t.TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
 # The entries' constraints (lengths, ranges, enums) are checked by the tap itself
 # before anything is sent, so that a bad entry gets a message naming the entry and the
@@ -235,6 +236,31 @@ class Settings:
             max_retry_wait=number("max_retry_wait", 120),
             strict_row_count=bool(config.get("strict_row_count", False)),
         )
+
+
+def check_known_settings(config: Mapping[str, t.Any], known: Iterable[str]) -> None:
+    """Refuse settings the tap does not have: a typo would otherwise do nothing, quietly.
+
+    Args:
+        config: The tap's config.
+        known: Every setting name, the SDK's built-in ones included.
+
+    Raises:
+        ConfigurationError: Naming the unknown setting and the closest known one.
+    """
+    names = list(known)
+    unknown = sorted(key for key in config if key not in names)
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, names, n=1)
+        hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    msg = (
+        f"The config has setting(s) the tap does not know: {', '.join(hints)}. Fix or "
+        "remove them; `tap-openfunnel --about` lists every setting."
+    )
+    raise ConfigurationError(msg)
 
 
 def _job_ids(config: Mapping[str, t.Any], name: str) -> tuple[str, ...]:

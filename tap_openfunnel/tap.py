@@ -19,7 +19,7 @@ from tap_openfunnel.client import BALANCE_PATH, OpenFunnelClient, RetryPolicy
 from tap_openfunnel.exceptions import OpenFunnelError
 from tap_openfunnel.logs import install_secret_filter
 from tap_openfunnel.registry import JobRegistry, JobSource
-from tap_openfunnel.settings import CONFIG_SCHEMA, Settings
+from tap_openfunnel.settings import CONFIG_SCHEMA, Settings, check_known_settings
 from tap_openfunnel.streams import (
     CompanyStream,
     CreditsBalanceStream,
@@ -63,6 +63,7 @@ class TapOpenFunnel(Tap):
         """The config, checked and typed."""
         settings = Settings.from_config(self.config)
         install_secret_filter(settings.api_key)
+        check_known_settings(self.config, self.config_jsonschema["properties"])
         return settings
 
     @cached_property

@@ -311,3 +311,12 @@ def test_malformed_pages_never_crash_and_records_match_the_schema(body):
         errors = [error.message for error in validator.iter_errors(record)]
         assert not errors, (record, errors)
         assert record["rank"] == index
+
+
+def test_a_misspelt_setting_is_refused_with_a_suggestion(server, run_tap):
+    job = server.add_job(JobSpec(kind="tam", rows=10))
+    run = run_tap(base_config(server, tam_jobs_ids=[job]))
+    assert run.returncode == 1
+    assert "'tam_jobs_ids' (did you mean 'tam_job_ids'?)" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert server.request_count() == 0
