@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
-import logging
-import os
 import sys
 import typing as t
 from functools import cached_property
@@ -15,8 +12,8 @@ from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 from singer_sdk.tap_base import CliTestOptionValue
 
-from tap_openfunnel.client import BALANCE_PATH, OpenFunnelClient, RetryPolicy
-from tap_openfunnel.exceptions import OpenFunnelError
+from tap_openfunnel import cli
+from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
 from tap_openfunnel.logs import install_secret_filter
 from tap_openfunnel.registry import JobRegistry, JobSource
 from tap_openfunnel.settings import CONFIG_SCHEMA, Settings, check_known_settings
@@ -130,26 +127,7 @@ class TapOpenFunnel(Tap):
         # errors end in one paragraph instead of a traceback.
         super(Tap, cls).invoke(about=about, about_format=about_format)
         cls.print_version(print_fn=cls.logger.info)
-        try:
-            tap = cls(
-                config=config.config if config is not None else None,
-                state=None if state is None else json.loads(state.read()),
-                catalog=None if catalog is None else json.loads(catalog.read()),
-                parse_env_config=config.parse_env if config is not None else False,
-                validate_config=True,
-            )
-        except ValueError as exc:
-            cls._fail(
-                f"A config, state or catalog file given to the tap is not valid JSON ({exc}). "
-                "Fix the file, or pass a state file that a previous run wrote.",
-            )
-        try:
-            tap.settings  # noqa: B018 - check the settings before any stream starts
-            tap.sync_all()
-            tap.registry.log_summary()
-            tap.registry.raise_for_failures()
-        except OpenFunnelError as exc:
-            cls._fail(str(exc))
+        cli.sync(cli.build(cls, config, state=state, catalog=catalog))
 
     @classmethod
     @override
@@ -159,21 +137,7 @@ class TapOpenFunnel(Tap):
         if value != CliTestOptionValue.All.value:
             super().cb_test(ctx, param, value)
             return
-        config: t.Any = ctx.params.get("config")
-        try:
-            tap = cls(
-                config=config.config if config is not None else None,
-                parse_env_config=config.parse_env if config is not None else False,
-                validate_config=True,
-            )
-            balance = tap.client.get(BALANCE_PATH)
-        except OpenFunnelError as exc:
-            cls._fail(f"Connection test failed. {exc}")
-        cls.logger.info(
-            "Connection test passed: %s accepted the API key; %s credits left.",
-            tap.settings.api_url,
-            balance.get("credits_left", "an unknown number of"),
-        )
+        cli.connection_test(cli.build(cls, ctx.params.get("config")))
         ctx.exit(0)
 
     @classmethod
@@ -187,30 +151,12 @@ class TapOpenFunnel(Tap):
         try:
             return super().cb_config(ctx, param, value)
         except (OSError, ValueError) as exc:
-            cls._fail(
+            cli.fail(
+                cls.logger,
                 f"Could not read the config given with --config ({exc}). Pass a readable "
                 "JSON file, or ENV to take settings from TAP_OPENFUNNEL_* variables.",
             )
 
-    @classmethod
-    def _fail(cls, message: str) -> t.NoReturn:
-        # A user-facing failure: one paragraph, a non-zero exit, no traceback.
-        cls.logger.error("%s", message)
-        sys.exit(1)
-
     @override
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
-        # The SDK writes state and exits 0, which tells a scheduler all went well.
-        self.logger.warning("Interrupted by signal %d; writing state and exiting non-zero.", signum)
-        self.state_writer.write_state(self.state)
-        if self.settings.cancel_on_interrupt and "registry" in self.__dict__:
-            cancelled = self.registry.cancel_submitted()
-            if cancelled:
-                self.logger.warning(
-                    "cancel_on_interrupt: asked to cancel %s.", ", ".join(cancelled)
-                )
-        # Exit now: a normal exit would wait for page requests still in flight in the
-        # prefetch threads (up to request_timeout). Everything written is flushed first.
-        sys.stdout.flush()
-        logging.shutdown()
-        os._exit(128 + signum)
+        cli.exit_on_signal(self, signum)

@@ -1,0 +1,113 @@
+"""What the command line owes its caller: one-paragraph failures, a cheap check, honest exits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import typing as t
+
+from tap_openfunnel.client import BALANCE_PATH
+from tap_openfunnel.exceptions import OpenFunnelError
+
+if t.TYPE_CHECKING:
+    from tap_openfunnel.tap import TapOpenFunnel
+
+
+def fail(logger: logging.Logger, message: str) -> t.NoReturn:
+    """End with a user-facing failure: one paragraph, a non-zero exit, no traceback.
+
+    Args:
+        logger: The tap's logger.
+        message: What is wrong and what to do.
+    """
+    logger.error("%s", message)
+    sys.exit(1)
+
+
+def build(
+    tap_class: type[TapOpenFunnel],
+    config: t.Any,  # noqa: ANN401 - the SDK's private _ConfigInput
+    *,
+    state: t.IO[str] | None = None,
+    catalog: t.IO[str] | None = None,
+) -> TapOpenFunnel:
+    """Create the tap from the CLI's inputs, failing cleanly on unreadable JSON.
+
+    Args:
+        tap_class: The tap class.
+        config: The parsed ``--config`` input, if any.
+        state: The ``--state`` file, if any.
+        catalog: The ``--catalog`` file, if any.
+
+    Returns:
+        The tap.
+    """
+    try:
+        return tap_class(
+            config=config.config if config is not None else None,
+            state=None if state is None else json.loads(state.read()),
+            catalog=None if catalog is None else json.loads(catalog.read()),
+            parse_env_config=config.parse_env if config is not None else False,
+            validate_config=True,
+        )
+    except ValueError as exc:
+        fail(
+            tap_class.logger,
+            f"A config, state or catalog file given to the tap is not valid JSON ({exc}). "
+            "Fix the file, or pass a state file that a previous run wrote.",
+        )
+
+
+def sync(tap: TapOpenFunnel) -> None:
+    """Run the sync; jobs that could not be extracted fail it after the others landed.
+
+    Args:
+        tap: The tap.
+    """
+    try:
+        tap.settings  # noqa: B018 - check the settings before any stream starts
+        tap.sync_all()
+        tap.registry.log_summary()
+        tap.registry.raise_for_failures()
+    except OpenFunnelError as exc:
+        fail(tap.logger, str(exc))
+
+
+def connection_test(tap: TapOpenFunnel) -> None:
+    """Check the key with one balance call and report the balance.
+
+    Args:
+        tap: The tap.
+    """
+    try:
+        balance = tap.client.get(BALANCE_PATH)
+    except OpenFunnelError as exc:
+        fail(tap.logger, f"Connection test failed. {exc}")
+    tap.logger.info(
+        "Connection test passed: %s accepted the API key; %s credits left.",
+        tap.settings.api_url,
+        balance.get("credits_left", "an unknown number of"),
+    )
+
+
+def exit_on_signal(tap: TapOpenFunnel, signum: int) -> t.NoReturn:
+    """Write state, cancel this run's jobs if asked, and exit 128+signal at once.
+
+    The SDK exits 0, which tells a scheduler all went well; and a normal exit would wait
+    for page requests still in flight in the prefetch threads (up to request_timeout).
+
+    Args:
+        tap: The tap.
+        signum: The signal received.
+    """
+    tap.logger.warning("Interrupted by signal %d; writing state and exiting non-zero.", signum)
+    tap.state_writer.write_state(tap.state)
+    if tap.settings.cancel_on_interrupt and "registry" in tap.__dict__:
+        cancelled = tap.registry.cancel_submitted()
+        if cancelled:
+            tap.logger.warning("cancel_on_interrupt: asked to cancel %s.", ", ".join(cancelled))
+    sys.stdout.flush()
+    logging.shutdown()
+    os._exit(128 + signum)
