@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -320,3 +321,24 @@ def test_a_misspelt_setting_is_refused_with_a_suggestion(server, run_tap):
     assert "'tam_jobs_ids' (did you mean 'tam_job_ids'?)" in run.stderr
     assert "Traceback" not in run.stderr
     assert server.request_count() == 0
+
+
+def test_read_timeouts_are_retried(server):
+    server.faults = Faults(rate=0.8, kinds=("slow",), seed=1, slow_seconds=1.0)
+    sleeps: list[float] = []
+    client = OpenFunnelClient(
+        api_url=server.url,
+        api_key=API_KEY,
+        timeout=0.3,
+        retry=RetryPolicy(max_retries=20, max_wait=0.01),
+        sleep=sleeps.append,
+    )
+    for _ in range(4):
+        assert "credits_left" in client.get("/api/v1/credits/balance")
+    assert sleeps, "no request timed out"
+    # The server logs a slowed request once it has answered it, after the client left.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and server.request_count() < 4 + len(sleeps):
+        time.sleep(0.05)
+    slow = [r for r in server.requests if r.fault == "slow"]
+    assert len(slow) == len(sleeps)  # every answer that came too late was retried
