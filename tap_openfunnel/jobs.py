@@ -65,7 +65,9 @@ class JobStatus(str, Enum):
     PAUSED = "paused"
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL_STATUSES = frozenset(
+    status.value for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+)
 KNOWN_STATUSES = frozenset(status.value for status in JobStatus)
 
 
@@ -77,13 +79,11 @@ class Page:
         name: The page name the API says it returned (``page``), e.g. ``page_0003``.
         rows: The company rows (``[]`` when the API sent none or null).
         next_cursor: The next page's name, or None on the last page written so far.
-        count: The API's own count of rows on this page, when it sent one.
     """
 
     name: str | None
     rows: list[dict[str, t.Any]]
     next_cursor: str | None
-    count: int | None = None
 
     @classmethod
     def from_response(cls, body: Mapping[str, t.Any]) -> Page:
@@ -97,7 +97,6 @@ class Page:
         """
         rows = body.get("rows")
         cursor = body.get("next_cursor")
-        count = body.get("count")
         name = body.get("page")
         kept = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
         if isinstance(rows, list) and len(kept) < len(rows):
@@ -111,7 +110,6 @@ class Page:
             name=str(name) if name is not None else None,
             rows=kept,
             next_cursor=str(cursor) if cursor else None,
-            count=count if isinstance(count, int) and not isinstance(count, bool) else None,
         )
 
 
@@ -136,7 +134,7 @@ class JobSnapshot:
     @property
     def terminal(self) -> bool:
         """True once the job is completed, failed or cancelled."""
-        return self.status in {status.value for status in TERMINAL_STATUSES}
+        return self.status in TERMINAL_STATUSES
 
     @property
     def manifest(self) -> Mapping[str, t.Any]:
