@@ -98,21 +98,32 @@ class PageReader:
     itself and its successor as expected. On any disagreement the reader falls back to
     following ``next_cursor`` one page at a time.
 
+    Prefetch threads only fetch bytes; every body is decoded in the thread that iterates
+    :meth:`pages`. Python objects built in a worker thread are allocated in that thread's
+    malloc arena and freed from another, which fragments the arenas: decoding in the
+    workers made peak RSS grow with the job's size (docs/benchmarks.md).
+
     Args:
         job_id: The job.
-        fetch_page: Reads one page by cursor (None: the first page).
+        fetch_body: Fetches one page's body by cursor (None: the first page); called
+            from the prefetch threads, so it must not decode.
+        read_page: Decodes a fetched body, ``read_page(cursor, body)``, or fetches and
+            decodes the page itself when ``body`` is None; re-reads a body that does
+            not decode.
         concurrency: Page requests in flight (1: strictly sequential).
     """
 
     def __init__(
         self,
         job_id: str,
-        fetch_page: Callable[[str | None], Page],
+        fetch_body: Callable[[str | None], bytes],
+        read_page: Callable[[str | None, bytes | None], Page],
         *,
         concurrency: int = 1,
     ) -> None:
         self.job_id = job_id
-        self._fetch_page = fetch_page
+        self._fetch_body = fetch_body
+        self._read_page = read_page
         self.concurrency = max(1, concurrency)
         self.fell_back = False
 
@@ -149,13 +160,13 @@ class PageReader:
         yield from self._sequential(paginator, first)
 
     def _sequential(self, paginator: NextCursorPaginator, first: Page | None) -> Iterator[Page]:
-        page = first if first is not None else self._fetch_page(paginator.current)
+        page = first if first is not None else self._read_page(paginator.current, None)
         while True:
             yield page
             paginator.advance(page.next_cursor)
             if paginator.finished:
                 return
-            page = self._fetch_page(paginator.current)
+            page = self._read_page(paginator.current, None)
 
     def _prefetched(
         self,
@@ -173,31 +184,37 @@ class PageReader:
             max_workers=self.concurrency,
             thread_name_prefix=f"pages-{self.job_id[:8]}",
         )
-        window: dict[int, Future[Page]] = {}
-        upcoming = iter(range(start_index, total_pages))
+        # Bodies requested and not yet decoded: at most `concurrency`, so memory is
+        # bounded by that many pages whatever the job's size. A page at hand takes no
+        # slot: every worker has a request in flight from the start.
+        window: dict[int, Future[bytes]] = {}
+        upcoming = iter(range(start_index + (first is not None), total_pages))
 
         def fill() -> None:
-            for index in upcoming:
-                if index == start_index and first is not None:
-                    ready: Future[Page] = Future()
-                    ready.set_result(first)
-                    window[index] = ready
-                else:
-                    window[index] = executor.submit(self._fetch_page, page_name(index))
-                if len(window) >= self.concurrency:
+            while len(window) < self.concurrency:
+                index = next(upcoming, None)
+                if index is None:
                     return
+                window[index] = executor.submit(self._fetch_body, page_name(index))
 
         try:
             fill()
             for index in range(start_index, total_pages):
-                page = window.pop(index).result()
-                fill()
-                if page.name != page_name(index):
+                name = page_name(index)
+                if index == start_index and first is not None:
+                    page = first
+                else:
+                    body = window.pop(index).result()
+                    # Ask for the next page before decoding this one.
+                    fill()
+                    page = self._read_page(name, body)
+                    del body
+                if page.name != name:
                     LOGGER.warning(
                         "Job %s: asked for %s but the API answered %r; reading the rest "
                         "one page at a time by next_cursor.",
                         self.job_id,
-                        page_name(index),
+                        name,
                         page.name,
                     )
                     return

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from tap_openfunnel.budget import BudgetGuard, check_budget
 from tap_openfunnel.client import BALANCE_PATH
+from tap_openfunnel.decoding import decode_page_fields
 from tap_openfunnel.exceptions import (
     ApiError,
     ConflictError,
@@ -338,8 +339,8 @@ class JobRegistry:
 
     # Reading ------------------------------------------------------------------------
 
-    def fetch_page(self, job_type: JobType, job_id: str, cursor: str | None) -> Page:
-        """Read one page of a job.
+    def page_body(self, job_type: JobType, job_id: str, cursor: str | None) -> bytes:
+        """Fetch one page's body, undecoded (safe to call from prefetch threads).
 
         Args:
             job_type: The job's family.
@@ -347,9 +348,28 @@ class JobRegistry:
             cursor: The page (None: the first).
 
         Returns:
+            The body; :meth:`read_page` decodes it.
+        """
+        return self.client.get_bytes(job_type.job_path(job_id), params=_cursor_params(cursor))
+
+    def read_page(
+        self, job_type: JobType, job_id: str, cursor: str | None, body: bytes | None = None
+    ) -> Page:
+        """Decode a page's body (fetching it if None); a body that does not decode is re-read.
+
+        Args:
+            job_type: The job's family.
+            job_id: The job.
+            cursor: The page (None: the first).
+            body: The body from :meth:`page_body`, if already fetched.
+
+        Returns:
             The page.
         """
-        return Page.from_response(self._fetch(job_type, job_id, cursor))
+        fields = self.client.get_decoded(
+            job_type.job_path(job_id), _cursor_params(cursor), decode_page_fields, body=body
+        )
+        return Page.from_response(fields)
 
     def page_done(self, job_id: str, rows: int, *, emit_state: bool = True) -> None:
         """Count a page fully emitted, and emit STATE so a restart resumes after it.
@@ -426,5 +446,8 @@ class JobRegistry:
     # Internals ----------------------------------------------------------------------
 
     def _fetch(self, job_type: JobType, job_id: str, cursor: str | None) -> Mapping[str, t.Any]:
-        params = {"cursor": cursor} if cursor else None
-        return self.client.get(job_type.job_path(job_id), params=params)
+        return self.client.get(job_type.job_path(job_id), params=_cursor_params(cursor))
+
+
+def _cursor_params(cursor: str | None) -> dict[str, str] | None:
+    return {"cursor": cursor} if cursor else None

@@ -128,7 +128,8 @@ class CompanyStream(OpenFunnelStream):
         batching = self.get_batch_config(self.config) is not None
         reader = PageReader(
             job_id,
-            functools.partial(self.registry.fetch_page, self.job_type, job_id),
+            functools.partial(self.registry.page_body, self.job_type, job_id),
+            functools.partial(self.registry.read_page, self.job_type, job_id),
             concurrency=self.registry.settings.page_concurrency,
         )
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -24,16 +25,39 @@ def book(pages: int, rows_per_page: int = 3) -> dict[str | None, Page]:
     return out
 
 
+def encode(page: Page) -> bytes:
+    return json.dumps(
+        {"page": page.name, "rows": page.rows, "next_cursor": page.next_cursor}
+    ).encode()
+
+
 class Fetcher:
+    """Serves pages as bytes, as the API would; records which thread decoded each one."""
+
     def __init__(self, pages: dict[str | None, Page]) -> None:
         self.pages = pages
         self.calls: list[str | None] = []
+        self.decoded_in: set[str] = set()
         self.lock = threading.Lock()
 
-    def __call__(self, cursor: str | None) -> Page:
+    def __call__(self, cursor: str | None) -> bytes:
         with self.lock:
             self.calls.append(cursor)
-        return self.pages[cursor]
+        return encode(self.pages[cursor])
+
+    def read(self, cursor: str | None, body: bytes | None) -> Page:
+        self.decoded_in.add(threading.current_thread().name)
+        return Page.from_response(json.loads(body if body is not None else self(cursor)))
+
+
+def reader_for(job_id, fetch, concurrency) -> PageReader:
+    read = getattr(fetch, "read", None)
+    if read is None:
+
+        def read(cursor, body):
+            return Page.from_response(json.loads(body if body is not None else fetch(cursor)))
+
+    return PageReader(job_id, fetch, read, concurrency=concurrency)
 
 
 def numbers(pages) -> list[int]:
@@ -44,7 +68,7 @@ def numbers(pages) -> list[int]:
 @pytest.mark.parametrize("start", [None, "page_0003"])
 def test_reads_every_page_in_order(concurrency, start):
     fetch = Fetcher(book(10))
-    reader = PageReader("job", fetch, concurrency=concurrency)
+    reader = reader_for("job", fetch, concurrency)
     got = list(reader.pages(start, total_pages=10))
     first = page_index(start) or 0
     assert numbers(got) == list(range(first * 3, 30))
@@ -56,9 +80,7 @@ def test_reads_every_page_in_order(concurrency, start):
 def test_first_page_at_hand_is_not_fetched_again():
     pages = book(3)
     fetch = Fetcher(pages)
-    got = list(
-        PageReader("job", fetch, concurrency=4).pages(None, first=pages[None], total_pages=3)
-    )
+    got = list(reader_for("job", fetch, 4).pages(None, first=pages[None], total_pages=3))
     assert numbers(got) == list(range(9))
     assert None not in fetch.calls
     assert "page_0000" not in fetch.calls
@@ -66,7 +88,7 @@ def test_first_page_at_hand_is_not_fetched_again():
 
 def test_sequential_follows_cursor_without_manifest():
     fetch = Fetcher(book(4))
-    got = list(PageReader("job", fetch, concurrency=8).pages(None, total_pages=None))
+    got = list(reader_for("job", fetch, 8).pages(None, total_pages=None))
     assert numbers(got) == list(range(12))
 
 
@@ -79,7 +101,7 @@ def test_opaque_cursors_fall_back_to_sequential():
         "page_0001": Page("page_0001", [{"n": 1}], "tok-b"),
         "page_0002": Page("page_0002", [{"n": 2}], None),
     }
-    reader = PageReader("job", Fetcher(pages), concurrency=4)
+    reader = reader_for("job", Fetcher(pages), 4)
     assert numbers(reader.pages(None, total_pages=3)) == [0, 1, 2]
     assert reader.fell_back
 
@@ -89,7 +111,7 @@ def test_wrong_page_is_not_emitted_by_the_prefetcher():
     # Asking for page_0002 returns page_0003: the prefetcher must notice, not emit it
     # as page_0002, and go on by next_cursor.
     pages["page_0002"] = Page("page_0003", pages["page_0003"].rows, None)
-    reader = PageReader("job", Fetcher(pages), concurrency=4)
+    reader = reader_for("job", Fetcher(pages), 4)
     got = list(reader.pages(None, total_pages=4))
     assert reader.fell_back
     # Sequential mode trusts the API, as any cursor-following reader must; the prefetcher
@@ -99,15 +121,13 @@ def test_wrong_page_is_not_emitted_by_the_prefetcher():
 
 def test_more_pages_than_the_manifest_says_are_followed():
     fetch = Fetcher(book(5))
-    assert numbers(PageReader("job", fetch, concurrency=4).pages(None, total_pages=3)) == list(
-        range(15)
-    )
+    assert numbers(reader_for("job", fetch, 4).pages(None, total_pages=3)) == list(range(15))
 
 
 def test_empty_page_with_cursor_is_followed():
     pages = book(3)
     pages["page_0001"] = Page("page_0001", [], "page_0002")
-    got = list(PageReader("job", Fetcher(pages), concurrency=1).pages(None))
+    got = list(reader_for("job", Fetcher(pages), 1).pages(None))
     assert numbers(got) == [0, 1, 2, 6, 7, 8]
 
 
@@ -115,7 +135,7 @@ def test_empty_page_with_cursor_is_followed():
 def test_repeating_cursor_stops_with_a_clear_error(concurrency):
     pages = book(4)
     pages["page_0001"] = Page("page_0001", [{"n": 99}], "page_0001")
-    reader = PageReader("job-x", Fetcher(pages), concurrency=concurrency)
+    reader = reader_for("job-x", Fetcher(pages), concurrency)
     seen: list[int] = []
 
     def read_all() -> None:
@@ -133,7 +153,7 @@ def test_cycle_of_two_is_caught():
     pages = book(3)
     pages["page_0002"] = Page("page_0002", [{"n": 7}], "page_0001")
     with pytest.raises(PageSequenceError):
-        list(PageReader("job", Fetcher(pages), concurrency=1).pages(None))
+        list(reader_for("job", Fetcher(pages), 1).pages(None))
 
 
 def test_prefetch_window_is_bounded():
@@ -152,8 +172,17 @@ def test_prefetch_window_is_bounded():
         barrier.wait(0.001)
         with lock:
             in_flight -= 1
-        return pages[cursor]
+        return encode(pages[cursor])
 
-    got = list(PageReader("job", fetch, concurrency=3).pages(None, total_pages=40))
+    got = list(reader_for("job", fetch, 3).pages(None, total_pages=40))
     assert len(got) == 40
     assert 1 <= peak <= 3
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_pages_are_decoded_in_the_reading_thread_only(concurrency):
+    """Prefetch threads move bytes; objects are built where the records are written."""
+    fetch = Fetcher(book(12))
+    got = list(reader_for("job", fetch, concurrency).pages(None, total_pages=12))
+    assert numbers(got) == list(range(36))
+    assert fetch.decoded_in == {threading.current_thread().name}

@@ -1,0 +1,165 @@
+"""Decoding answers from bytes: msgspec, the json fallback, and odd bodies being retried."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import API_KEY
+
+from tap_openfunnel.client import BALANCE_PATH, OpenFunnelClient, RetryPolicy
+from tap_openfunnel.decoding import UndecodableBodyError, decode_object, decode_page_fields
+from tap_openfunnel.exceptions import RetriesExhaustedError
+from tap_openfunnel.jobs import Page
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        pytest.param(b'{"rows": [{"name": "Acme"', "incomplete", id="cut-off"),
+        pytest.param(b"", "incomplete", id="empty"),
+        pytest.param(b"<html><body>Bad Gateway</body></html>", "incomplete", id="html"),
+        pytest.param(b'[{"name": "Acme"}]', "non-object", id="array"),
+        pytest.param(b'"page_0001"', "non-object", id="string"),
+        pytest.param(b"null", "non-object", id="null"),
+        pytest.param(b"42", "non-object", id="number"),
+    ],
+)
+def test_odd_bodies_are_undecodable(raw, reason):
+    for decode in (decode_object, decode_page_fields):
+        with pytest.raises(UndecodableBodyError, match=reason):
+            decode(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(b'{"a": NaN}', {"a": math.nan}, id="nan"),
+        pytest.param(b'{"a": -Infinity}', {"a": -math.inf}, id="infinity"),
+        pytest.param(b'{"a": 1e400}', {"a": math.inf}, id="beyond-float"),
+        pytest.param(b'{"a": "\\ud800"}', {"a": "\ud800"}, id="lone-surrogate"),
+        pytest.param('{"a": "é"}'.encode("utf-16"), {"a": "é"}, id="utf-16"),
+        pytest.param(
+            b'{"a": 123456789012345678901234567890}',
+            {"a": 123456789012345678901234567890},
+            id="bigint",
+        ),
+    ],
+)
+def test_what_json_accepts_is_still_accepted(raw, expected):
+    """msgspec refuses these; the tap read them before msgspec and still does."""
+    got = decode_object(raw)
+    assert got.keys() == expected.keys()
+    value, want = got["a"], expected["a"]
+    if isinstance(want, float) and math.isnan(want):
+        assert math.isnan(value)
+    else:
+        assert value == want
+        assert type(value) is type(want)
+
+
+@pytest.mark.parametrize(
+    ("body", "rows", "next_cursor", "name"),
+    [
+        pytest.param({"rows": "oops", "page": "page_0001"}, [], None, "page_0001", id="rows-str"),
+        pytest.param({"rows": {"a": 1}}, [], None, None, id="rows-object"),
+        pytest.param({"rows": None, "next_cursor": ""}, [], None, None, id="rows-null"),
+        pytest.param({}, [], None, None, id="empty-object"),
+        pytest.param(
+            {"rows": [{"a": 1}, 3, None, {"b": [1.5]}], "next_cursor": 7, "page": 2},
+            [{"a": 1}, {"b": [1.5]}],
+            "7",
+            "2",
+            id="mixed-rows",
+        ),
+        pytest.param(
+            {"status": "completed", "manifest": {"pages": 3}, "rows": [], "page": "page_0000"},
+            [],
+            None,
+            "page_0000",
+            id="poll-fields-skipped",
+        ),
+    ],
+)
+def test_odd_pages_decode_as_before(body, rows, next_cursor, name):
+    page = Page.from_response(decode_page_fields(json.dumps(body).encode()))
+    assert page == Page(name=name, rows=rows, next_cursor=next_cursor)
+    assert page == Page.from_response(body)
+
+
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.fixed_dictionaries(
+        {},
+        optional={
+            "rows": st.lists(st.dictionaries(st.text(max_size=8), json_values, max_size=6)),
+            "page": json_values,
+            "next_cursor": json_values,
+            "manifest": json_values,
+        },
+    )
+)
+def test_msgspec_reads_exactly_what_json_reads(body):
+    raw = json.dumps(body).encode()
+    page = Page.from_response(decode_page_fields(raw))
+    assert page == Page.from_response(json.loads(raw))
+    # Same types too: an int stays an int and a float a float.
+    assert repr(page.rows) == repr(Page.from_response(json.loads(raw)).rows)
+    assert decode_object(raw) == json.loads(raw)
+
+
+@pytest.mark.parametrize(
+    "bad", [pytest.param(b'{"credits_left": 1', id="cut-off"), pytest.param(b"[]", id="array")]
+)
+def test_a_prefetched_body_that_does_not_decode_is_fetched_again(server, bad):
+    sleeps: list[float] = []
+    client = OpenFunnelClient(
+        api_url=server.url, api_key=API_KEY, retry=RetryPolicy(max_retries=3), sleep=sleeps.append
+    )
+    got = client.get_decoded(BALANCE_PATH, None, decode_object, body=bad)
+    assert "credits_left" in got
+    # One failed attempt (the prefetched body), one retry that asked the server.
+    assert len(sleeps) == 1
+    assert server.request_count() == 1
+
+
+def test_bodies_that_never_decode_exhaust_the_retries(server):
+    sleeps: list[float] = []
+    client = OpenFunnelClient(
+        api_url=server.url, api_key=API_KEY, retry=RetryPolicy(max_retries=2), sleep=sleeps.append
+    )
+
+    def never(raw: bytes) -> dict[str, object]:
+        reason = "an incomplete JSON body"
+        raise UndecodableBodyError(reason)
+
+    with pytest.raises(RetriesExhaustedError, match="incomplete JSON body"):
+        client.get_decoded(BALANCE_PATH, None, never)
+    assert len(sleeps) == 2
+    assert server.request_count() == 3
+
+
+def test_get_bytes_does_not_decode(server):
+    client = OpenFunnelClient(api_url=server.url, api_key=API_KEY)
+    raw = client.get_bytes(BALANCE_PATH)
+    assert isinstance(raw, bytes)
+    assert "credits_left" in json.loads(raw)
