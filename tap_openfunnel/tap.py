@@ -14,15 +14,7 @@ from singer_sdk.tap_base import CliTestOptionValue
 from tap_openfunnel import cli
 from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
 from tap_openfunnel.logs import install_secret_filter
-from tap_openfunnel.registry import JobRegistry, JobSource
 from tap_openfunnel.settings import CONFIG_SCHEMA, Settings, check_known_settings
-from tap_openfunnel.streams import (
-    CompanyStream,
-    CreditsBalanceStream,
-    JobsStream,
-    LookalikeCompaniesStream,
-    TamCompaniesStream,
-)
 from tap_openfunnel.writer import BlockWriter
 
 if sys.version_info >= (3, 12):
@@ -35,6 +27,8 @@ if t.TYPE_CHECKING:
 
     import click
     from singer_sdk import Stream
+
+    from tap_openfunnel.registry import JobRegistry
 
 
 class TapOpenFunnel(Tap):
@@ -79,6 +73,14 @@ class TapOpenFunnel(Tap):
     @cached_property
     def registry(self) -> JobRegistry:
         """This run's jobs, for the selected company streams."""
+        # Imported here, as in discover_streams: --about needs neither (start-up time).
+        from tap_openfunnel.registry import JobRegistry, JobSource  # noqa: PLC0415
+        from tap_openfunnel.streams import (  # noqa: PLC0415
+            CompanyStream,
+            LookalikeCompaniesStream,
+            TamCompaniesStream,
+        )
+
         settings = self.settings
         job_ids = {
             TamCompaniesStream.name: settings.tam_job_ids,
@@ -105,6 +107,13 @@ class TapOpenFunnel(Tap):
 
     @override
     def discover_streams(self) -> list[Stream]:
+        from tap_openfunnel.streams import (  # noqa: PLC0415
+            CreditsBalanceStream,
+            JobsStream,
+            LookalikeCompaniesStream,
+            TamCompaniesStream,
+        )
+
         return [
             TamCompaniesStream(self),
             LookalikeCompaniesStream(self),

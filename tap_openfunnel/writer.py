@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import os
+import select
 import sys
 import typing as t
 
@@ -17,8 +19,11 @@ else:
 if t.TYPE_CHECKING:
     from singer_sdk.singerlib.encoding.simple import Message
 
-# RECORD lines are handed to stdout in blocks of about this many bytes.
+# RECORD lines are handed to stdout once about this many bytes are pending.
 BLOCK_SIZE = 64 * 1024
+# A pipe write of at most PIPE_BUF bytes is atomic: a signal interrupts it before it
+# writes anything or not at all (POSIX). See BlockWriter.flush.
+_CHUNK = select.PIPE_BUF
 
 
 class BlockWriter(MsgSpecWriter):
@@ -46,12 +51,24 @@ class BlockWriter(MsgSpecWriter):
             self.flush()
 
     def flush(self) -> None:
-        """Write out the pending lines and flush stdout."""
-        out = sys.stdout.buffer
-        with memoryview(self._block) as pending:
-            written = 0
-            while written < len(pending):
-                # An unbuffered stdout is a raw file, whose write may be partial.
-                written += out.write(pending[written:]) or 0
-        self._block.clear()
-        sys.stdout.flush()
+        """Write out the pending lines and flush stdout.
+
+        The tap's SIGTERM handler writes a STATE through this writer, and Python runs
+        it inside an interrupted ``os.write``. Writing in atomic chunks and dropping
+        each from the block as soon as it is out keeps the block true at that moment:
+        the handler's flush goes on from the first unwritten byte and appends its STATE
+        after every pending record, never inside a line.
+        """
+        out = sys.stdout
+        try:
+            fd = out.fileno()
+        except (AttributeError, OSError, ValueError):
+            # Captured output (tests): no file descriptor, no system calls to save.
+            out.buffer.write(bytes(self._block))
+            self._block.clear()
+            out.flush()
+            return
+        out.flush()  # whatever the text layer holds was written before these lines
+        block = self._block
+        while block:
+            del block[: os.write(fd, block[:_CHUNK])]
