@@ -10,7 +10,6 @@ import typing as t
 from importlib import resources
 from pathlib import Path
 
-from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
 from tap_openfunnel.client import BALANCE_PATH
@@ -18,6 +17,7 @@ from tap_openfunnel.exceptions import PageSequenceError
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.pagination import PageReader, page_name
 from tap_openfunnel.records import RowShaper
+from tap_openfunnel.writer import SelectedRecordMessages
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -52,7 +52,7 @@ def load_schema(name: str) -> dict[str, t.Any]:
     return t.cast("dict[str, t.Any]", json.loads(source.read_text(encoding="utf-8")))
 
 
-class OpenFunnelStream(Stream):
+class OpenFunnelStream(SelectedRecordMessages):
     """A stream whose records come from the run's jobs."""
 
     _tap: TapOpenFunnel
