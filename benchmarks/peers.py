@@ -195,8 +195,14 @@ def count_rows(python: Path, database: Path, table: str) -> int:
     return int(done.stdout.strip())
 
 
-def run_tap_pipeline(
-    tap: str, tap_config: Path, target_bin: Path, workdir: Path, timeout: float
+def run_tap_pipeline(  # noqa: PLR0913 - the pipeline's parts and the sandbox
+    tap: str,
+    tap_config: Path,
+    target_bin: Path,
+    workdir: Path,
+    timeout: float,
+    *,
+    target_settings: dict[str, t.Any] | None = None,
 ) -> PipelineRun:
     """``tap-openfunnel --config ... | target-duckdb --config ...``, measured.
 
@@ -206,16 +212,15 @@ def run_tap_pipeline(
         target_bin: The target's environment's ``bin`` folder.
         workdir: Where the database, config and logs go.
         timeout: Seconds before giving up.
+        target_settings: Further target-duckdb settings (default: its own defaults).
 
     Returns:
         The measured run.
     """
     database = workdir / "tap.duckdb"
     target_config = workdir / "target-duckdb.json"
-    target_config.write_text(
-        json.dumps({"filepath": str(database), "default_target_schema": "openfunnel"}),
-        encoding="utf-8",
-    )
+    settings = {"filepath": str(database), "default_target_schema": "openfunnel"}
+    target_config.write_text(json.dumps({**settings, **(target_settings or {})}), encoding="utf-8")
     logs = {"tap-openfunnel": workdir / "tap.log", "target-duckdb": workdir / "target.log"}
     with logs["tap-openfunnel"].open("wb") as tap_log, logs["target-duckdb"].open("wb") as tlog:
         started = time.monotonic()
