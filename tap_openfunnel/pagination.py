@@ -7,6 +7,7 @@ import re
 import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from tap_openfunnel import signals
 from tap_openfunnel.exceptions import PageSequenceError
 
 if t.TYPE_CHECKING:
@@ -183,6 +184,8 @@ class PageReader:
         executor = ThreadPoolExecutor(
             max_workers=self.concurrency,
             thread_name_prefix=f"pages-{self.job_id[:8]}",
+            # SIGINT/SIGTERM go to the main thread, which holds them while it writes.
+            initializer=signals.keep_from_this_thread,
         )
         # Bodies requested and not yet decoded: at most `concurrency`, so memory is
         # bounded by that many pages whatever the job's size. A page at hand takes no

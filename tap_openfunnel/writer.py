@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import os
-import select
 import sys
 import typing as t
 import weakref
@@ -15,6 +14,8 @@ from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.singerlib import RecordMessage
 from singer_sdk.singerlib.encoding.base import SingerMessageType
+
+from tap_openfunnel import signals
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -28,9 +29,6 @@ if t.TYPE_CHECKING:
 
 # RECORD lines are handed to stdout once about this many bytes are pending.
 BLOCK_SIZE = 64 * 1024
-# A pipe write of at most PIPE_BUF bytes is atomic: a signal interrupts it before it
-# writes anything or not at all (POSIX). See BlockWriter.flush.
-_CHUNK = select.PIPE_BUF
 
 
 class BlockWriter(MsgSpecWriter):
@@ -61,11 +59,11 @@ class BlockWriter(MsgSpecWriter):
     def flush(self) -> None:
         """Write out the pending lines and flush stdout.
 
-        The tap's SIGTERM handler writes a STATE through this writer, and Python runs
-        it inside an interrupted ``os.write``. Writing in atomic chunks and dropping
-        each from the block as soon as it is out keeps the block true at that moment:
-        the handler's flush goes on from the first unwritten byte and appends its STATE
-        after every pending record, never inside a line.
+        The tap's SIGINT/SIGTERM handler writes a STATE through this writer. Were it to
+        run in the middle of a write (a partial write returns, then the handler runs
+        before the block knows what went out), it would repeat or cut lines. So the
+        signals are held while the block is written, and delivered once it is out; the
+        page prefetch threads block them for good, so they reach this thread only.
         """
         out = sys.stdout
         try:
@@ -78,8 +76,10 @@ class BlockWriter(MsgSpecWriter):
             return
         out.flush()  # whatever the text layer holds was written before these lines
         block = self._block
-        while block:
-            del block[: os.write(fd, block[:_CHUNK])]
+        with signals.deferred():
+            while block:
+                # An unbuffered stdout is a raw file: a write may be partial.
+                del block[: os.write(fd, block)]
 
 
 def _flush_at_exit(writer: weakref.ref[BlockWriter]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 
 import pytest
@@ -186,3 +187,19 @@ def test_pages_are_decoded_in_the_reading_thread_only(concurrency):
     got = list(reader_for("job", fetch, concurrency).pages(None, total_pages=12))
     assert numbers(got) == list(range(36))
     assert fetch.decoded_in == {threading.current_thread().name}
+
+
+def test_prefetch_threads_leave_termination_signals_to_the_main_thread():
+    """The main thread holds SIGTERM while it writes output; workers must not take it."""
+    masks: list[set[int]] = []
+    pages = book(6)
+
+    def fetch(cursor):
+        masks.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+        return encode(pages[cursor])
+
+    got = list(reader_for("job", fetch, 3).pages(None, total_pages=6))
+    assert len(got) == 6
+    assert masks
+    assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks)
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
