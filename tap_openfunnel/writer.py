@@ -70,7 +70,11 @@ class BlockWriter(MsgSpecWriter):
             fd = out.fileno()
         except (AttributeError, OSError, ValueError):
             # Captured output (tests): no file descriptor, no system calls to save.
-            out.buffer.write(bytes(self._block))
+            binary = getattr(out, "buffer", None)
+            if binary is not None:
+                binary.write(bytes(self._block))
+            else:
+                out.write(self._block.decode("utf-8"))
             self._block.clear()
             out.flush()
             return
