@@ -111,13 +111,19 @@ class SelectedRecordMessages(Stream):
             self.mask.values()
         ):
             yield from super()._generate_record_messages(record)
-            return
-        for stream_map in self.stream_maps:
-            mapped = stream_map.transform(record)
-            if mapped is not None:
-                yield RecordMessage(
-                    stream=stream_map.stream_alias,
-                    record=mapped,
-                    version=self._stream_version,
-                    time_extracted=dt.datetime.now(dt.timezone.utc),
-                )
+        else:
+            for stream_map in self.stream_maps:
+                mapped = stream_map.transform(record)
+                if mapped is not None:
+                    yield RecordMessage(
+                        stream=stream_map.stream_alias,
+                        record=mapped,
+                        version=self._stream_version,
+                        time_extracted=dt.datetime.now(dt.timezone.utc),
+                    )
+        if self.ABORT_AT_RECORD_COUNT is not None:
+            # A dry run (the SDK's connection test) stops after a few records without
+            # a closing STATE: hand each record out at once instead of at exit.
+            writer = self._tap.message_writer
+            if isinstance(writer, BlockWriter):
+                writer.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import subprocess
 
@@ -11,6 +12,7 @@ from support import base_config, discover, parse_messages, tap_command, tap_env,
 
 from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.streams import load_schema
+from tap_openfunnel.tap import TapOpenFunnel
 from tap_openfunnel.writer import BLOCK_SIZE, BlockWriter
 
 
@@ -111,3 +113,16 @@ def test_a_deselected_property_is_left_out_and_the_rest_is_unchanged(server, tmp
                 item["metadata"]["selected"] = False
     trimmed = run(write_json(tmp_path / "catalog.json", catalog))
     assert [{k: v for k, v in r.items() if k != "headquarters"} for r in everything] == trimmed
+
+
+def test_a_dry_run_hands_out_its_records_at_once(server):
+    """The SDK's connection test stops after a record without a closing STATE."""
+    job = server.add_job(JobSpec(kind="tam", rows=230))
+    tap = TapOpenFunnel(config=base_config(server, tam_job_ids=[job]))
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        tap.run_connection_test()
+    records = [m for m in parse_messages(captured.getvalue()) if m["type"] == "RECORD"]
+    assert any(m["stream"] == "tam_companies" for m in records)
+    assert isinstance(tap.message_writer, BlockWriter)
+    assert not tap.message_writer._block
