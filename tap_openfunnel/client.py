@@ -202,9 +202,8 @@ class OpenFunnelClient:
         """GET with retries, returning the body undecoded.
 
         For the page prefetch threads: they only move bytes, and the consumer decodes
-        each body with :meth:`get_decoded` in its own thread. Objects built in a worker
-        thread land in that thread's malloc arena and fragment it (see
-        docs/benchmarks.md); bytes buffers are few and large.
+        each body with :meth:`get_decoded` in its own thread, so no decoded object is
+        allocated in a worker thread's malloc arena (see docs/benchmarks.md).
 
         Args:
             path: Path below the base URL.

@@ -50,7 +50,7 @@ def decode_object(raw: bytes) -> dict[str, t.Any]:
     """
     try:
         body = _OBJECT.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         body = _json_fallback(raw)
     if not isinstance(body, dict):
         reason = "a non-object JSON body"
@@ -75,7 +75,7 @@ def decode_page_fields(raw: bytes) -> dict[str, t.Any]:
     """
     try:
         fields = _PAGE.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         body = decode_object(raw)
         return {name: body.get(name) for name in ("rows", "next_cursor", "page")}
     return {"rows": fields.rows, "next_cursor": fields.next_cursor, "page": fields.page}
@@ -86,10 +86,10 @@ def _json_fallback(raw: bytes) -> object:
 
     msgspec rejects NaN and Infinity literals, numbers beyond float range, lone
     surrogate escapes and bodies not in UTF-8; ``json.loads`` takes them all. A body
-    neither accepts is cut off or not JSON: worth another try.
+    neither accepts is cut off, not JSON, or nested too deep to decode: worth another try.
     """
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         reason = "an incomplete JSON body"
         raise UndecodableBodyError(reason) from None

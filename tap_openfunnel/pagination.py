@@ -100,9 +100,10 @@ class PageReader:
     following ``next_cursor`` one page at a time.
 
     Prefetch threads only fetch bytes; every body is decoded in the thread that iterates
-    :meth:`pages`. Python objects built in a worker thread are allocated in that thread's
-    malloc arena and freed from another, which fragments the arenas: decoding in the
-    workers made peak RSS grow with the job's size (docs/benchmarks.md).
+    :meth:`pages`. Objects built in a worker thread are allocated in that thread's own
+    malloc arena and freed from another; decoding there left each worker's arena holding
+    decoded pages' leftovers, the suspected source of issue 12's native memory growth
+    (docs/benchmarks.md).
 
     Args:
         job_id: The job.

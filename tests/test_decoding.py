@@ -26,6 +26,9 @@ from tap_openfunnel.jobs import Page
         pytest.param(b'"page_0001"', "non-object", id="string"),
         pytest.param(b"null", "non-object", id="null"),
         pytest.param(b"42", "non-object", id="number"),
+        pytest.param(
+            b'{"rows": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "incomplete", id="too-deep"
+        ),
     ],
 )
 def test_odd_bodies_are_undecodable(raw, reason):
