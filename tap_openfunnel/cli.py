@@ -8,10 +8,10 @@ import os
 import sys
 import typing as t
 
-from tap_openfunnel.client import BALANCE_PATH
 from tap_openfunnel.exceptions import OpenFunnelError
 
 if t.TYPE_CHECKING:
+    from tap_openfunnel.planner import Plan
     from tap_openfunnel.tap import TapOpenFunnel
 
 
@@ -61,18 +61,40 @@ def build(
 
 
 def sync(tap: TapOpenFunnel) -> None:
-    """Run the sync; jobs that could not be extracted fail it after the others landed.
+    """Config, then plan, then the streams; jobs that failed fail the run after the others.
 
     Args:
         tap: The tap.
     """
     try:
-        tap.settings  # noqa: B018 - check the settings before any stream starts
+        tap.settings  # noqa: B018 - check the settings before anything is sent
+        plan = tap.make_plan()
+        if tap.settings.dry_run:
+            report_plan(tap, plan)
+            return
+        plan.check_budget()
+        run = tap.prepare(plan)
         tap.sync_all()
-        tap.registry.log_summary()
-        tap.registry.raise_for_failures()
+        run.log_summary()
+        run.raise_for_failures()
     except OpenFunnelError as exc:
         fail(tap.logger, str(exc))
+
+
+def report_plan(tap: TapOpenFunnel, plan: Plan) -> None:
+    """Print the plan of a dry run on stderr; nothing is submitted, read or written.
+
+    Args:
+        tap: The tap.
+        plan: The run's plan.
+    """
+    lines = [
+        "Dry run: nothing was submitted, no page was read, state is unchanged.",
+        *plan.describe(),
+    ]
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+    tap.logger.info("Dry run finished.")
 
 
 def connection_test(tap: TapOpenFunnel) -> None:
@@ -82,7 +104,7 @@ def connection_test(tap: TapOpenFunnel) -> None:
         tap: The tap.
     """
     try:
-        balance = tap.client.get(BALANCE_PATH)
+        balance = tap.api.balance()
     except OpenFunnelError as exc:
         fail(tap.logger, f"Connection test failed. {exc}")
     tap.logger.info(
@@ -93,19 +115,26 @@ def connection_test(tap: TapOpenFunnel) -> None:
 
 
 def exit_on_signal(tap: TapOpenFunnel, signum: int) -> t.NoReturn:
-    """Write state, cancel this run's jobs if asked, and exit 128+signal at once.
+    """Write the durable state, cancel this run's jobs if asked, and exit 128+signal at once.
 
     The SDK exits 0, which tells a scheduler all went well; and a normal exit would wait
     for page requests still in flight in the prefetch threads (up to request_timeout).
+    The state written holds only positions the checkpoint has made durable (see
+    :class:`~tap_openfunnel.checkpoint.Checkpoint`): in BATCH mode, records still
+    waiting for their batch file are read again by the next run.
 
     Args:
         tap: The tap.
         signum: The signal received.
     """
     tap.logger.warning("Interrupted by signal %d; writing state and exiting non-zero.", signum)
-    tap.state_writer.write_state(tap.state)
-    if tap.settings.cancel_on_interrupt and "registry" in tap.__dict__:
-        cancelled = tap.registry.cancel_submitted()
+    run = tap.__dict__.get("_run")
+    if "checkpoint" in tap.__dict__:
+        tap.checkpoint.write()
+    else:
+        tap.state_writer.write_state(tap.state)
+    if run is not None and tap.settings.cancel_on_interrupt:
+        cancelled = run.cancel_submitted()
         if cancelled:
             tap.logger.warning("cancel_on_interrupt: asked to cancel %s.", ", ".join(cancelled))
     sys.stdout.flush()

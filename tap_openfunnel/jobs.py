@@ -8,7 +8,6 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 from enum import Enum
-from urllib.parse import quote
 
 from tap_openfunnel.exceptions import (
     JobNotFoundError,
@@ -16,6 +15,7 @@ from tap_openfunnel.exceptions import (
     NotFoundError,
     RetriesExhaustedError,
 )
+from tap_openfunnel.pagination import Page
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -30,26 +30,6 @@ class JobType(str, Enum):
 
     TAM = "tam_build"
     LOOKALIKE = "lookalike_search"
-
-    @property
-    def base_path(self) -> str:
-        """The submit endpoint; polls and commands live below it."""
-        if self is JobType.TAM:
-            return "/api/v1/tam/build"
-        return "/api/v1/account/search-lookalikes-bulk"
-
-    def job_path(self, job_id: str, command: str = "") -> str:
-        """Path of one job (poll), or of a command on it (``cancel``, ``pause``...).
-
-        Args:
-            job_id: The job.
-            command: Optional command suffix.
-
-        Returns:
-            The path, with the job id escaped.
-        """
-        path = f"{self.base_path}/{quote(job_id, safe='')}"
-        return f"{path}/{command}" if command else path
 
 
 class JobStatus(str, Enum):
@@ -69,48 +49,6 @@ TERMINAL_STATUSES = frozenset(
     status.value for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 )
 KNOWN_STATUSES = frozenset(status.value for status in JobStatus)
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a job's results, as the poll endpoint returned it.
-
-    Attributes:
-        name: The page name the API says it returned (``page``), e.g. ``page_0003``.
-        rows: The company rows (``[]`` when the API sent none or null).
-        next_cursor: The next page's name, or None on the last page written so far.
-    """
-
-    name: str | None
-    rows: list[dict[str, t.Any]]
-    next_cursor: str | None
-
-    @classmethod
-    def from_response(cls, body: Mapping[str, t.Any]) -> Page:
-        """Read the page part of a poll answer, tolerating odd shapes.
-
-        Args:
-            body: The decoded poll answer.
-
-        Returns:
-            The page.
-        """
-        rows = body.get("rows")
-        cursor = body.get("next_cursor")
-        name = body.get("page")
-        kept = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
-        if isinstance(rows, list) and len(kept) < len(rows):
-            LOGGER.warning(
-                "Page %s: %d of its rows are not JSON objects and cannot become records; "
-                "they were skipped (and will show in the row count check).",
-                name,
-                len(rows) - len(kept),
-            )
-        return cls(
-            name=str(name) if name is not None else None,
-            rows=kept,
-            next_cursor=str(cursor) if cursor else None,
-        )
 
 
 @dataclass(frozen=True)
@@ -339,10 +277,10 @@ class JobPoller:
         if status == JobStatus.PAUSED.value and status not in job.warned:
             job.warned.add(status)
             LOGGER.warning(
-                "Job %s is paused and will not finish on its own. Resume it "
-                "(POST %s) or cancel it; the tap gives up after job_timeout (%.0f s).",
+                "Job %s is paused and will not finish on its own. Resume it (the TAM "
+                "Builder's resume call) or cancel it; the tap gives up after job_timeout "
+                "(%.0f s).",
                 job.job_id,
-                job.job_type.job_path(job.job_id, "resume"),
                 self.job_timeout,
             )
         body = snapshot.body

@@ -1,4 +1,4 @@
-"""Walking a terminal job's pages: the next_cursor paginator and an in-order prefetcher."""
+"""Pages of a job's results: the page itself, the next_cursor paginator, an in-order prefetcher."""
 
 from __future__ import annotations
 
@@ -6,17 +6,58 @@ import logging
 import re
 import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from tap_openfunnel.exceptions import PageSequenceError
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-
-    from tap_openfunnel.jobs import Page
+    from collections.abc import Callable, Iterator, Mapping
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
 _PAGE_NAME = re.compile(r"page_(\d{4,})")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a job's results, as the poll endpoint returned it.
+
+    Attributes:
+        name: The page name the API says it returned (``page``), e.g. ``page_0003``.
+        rows: The company rows (``[]`` when the API sent none or null).
+        next_cursor: The next page's name, or None on the last page written so far.
+    """
+
+    name: str | None
+    rows: list[dict[str, t.Any]]
+    next_cursor: str | None
+
+    @classmethod
+    def from_response(cls, body: Mapping[str, t.Any]) -> Page:
+        """Read the page part of a poll answer, tolerating odd shapes.
+
+        Args:
+            body: The decoded poll answer.
+
+        Returns:
+            The page.
+        """
+        rows = body.get("rows")
+        cursor = body.get("next_cursor")
+        name = body.get("page")
+        kept = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+        if isinstance(rows, list) and len(kept) < len(rows):
+            LOGGER.warning(
+                "Page %s: %d of its rows are not JSON objects and cannot become records; "
+                "they were skipped (and will show in the row count check).",
+                name,
+                len(rows) - len(kept),
+            )
+        return cls(
+            name=str(name) if name is not None else None,
+            rows=kept,
+            next_cursor=str(cursor) if cursor else None,
+        )
 
 
 def page_name(index: int) -> str:

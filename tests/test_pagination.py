@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from tap_openfunnel.exceptions import PageSequenceError
-from tap_openfunnel.jobs import Page
+from tap_openfunnel.pagination import Page
 from tap_openfunnel.pagination import PageReader, page_index, page_name
 
 

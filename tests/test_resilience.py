@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import threading
 import time
 
 import pytest
@@ -14,7 +15,7 @@ from support import API_KEY, base_config, kill_after, tap_command, tap_env, writ
 
 from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
 from tap_openfunnel.exceptions import RetriesExhaustedError
-from tap_openfunnel.jobs import Page
+from tap_openfunnel.pagination import Page
 from tap_openfunnel.records import RowShaper
 from tap_openfunnel.sandbox import FakeOpenFunnel, Faults, JobSpec
 from tap_openfunnel.streams import load_schema
@@ -22,21 +23,36 @@ from tap_openfunnel.streams import load_schema
 ALL_FAULTS = ("429", "429_date", "429_body", "500", "502", "503", "drop", "cutoff", "slow")
 
 
-def client_for(server, sleeps, **retry):
+@pytest.fixture
+def sleeps(monkeypatch):
+    """The waits between retries (backoff sleeps with time.sleep), without waiting.
+
+    Only the test's own thread is spared the wait: the fake server's threads sleep for
+    real, since their slowness is what some tests inject.
+    """
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is threading.main_thread():
+            waits.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    return waits
+
+
+def client_for(server, **retry):
     return OpenFunnelClient(
-        api_url=server.url,
-        api_key=API_KEY,
-        timeout=2,
-        retry=RetryPolicy(**retry),
-        sleep=sleeps.append,
+        api_url=server.url, api_key=API_KEY, timeout=2, retry=RetryPolicy(**retry)
     )
 
 
 @pytest.mark.parametrize("kind", ["429", "429_date", "429_body"])
-def test_retry_after_is_honoured(server, kind):
+def test_retry_after_is_honoured(server, kind, sleeps):
     server.faults = Faults(rate=1.0, kinds=(kind,), retry_after=3)
-    sleeps: list[float] = []
-    client = client_for(server, sleeps, max_retries=2, max_wait=10)
+    client = client_for(server, max_retries=2, max_wait=10)
     with pytest.raises(RetriesExhaustedError) as info:
         client.get("/api/v1/credits/balance")
     message = str(info.value)
@@ -50,19 +66,17 @@ def test_retry_after_is_honoured(server, kind):
         assert sleeps == [3.0, 3.0]
 
 
-def test_retry_after_is_capped_by_max_retry_wait(server):
+def test_retry_after_is_capped_by_max_retry_wait(server, sleeps):
     server.faults = Faults(rate=1.0, kinds=("429",), retry_after=90)
-    sleeps: list[float] = []
     with pytest.raises(RetriesExhaustedError):
-        client_for(server, sleeps, max_retries=1, max_wait=5).get("/api/v1/credits/balance")
+        client_for(server, max_retries=1, max_wait=5).get("/api/v1/credits/balance")
     assert sleeps == [5.0]
 
 
-def test_backoff_is_exponential_with_jitter_and_capped(server):
+def test_backoff_is_exponential_with_jitter_and_capped(server, sleeps):
     server.faults = Faults(rate=1.0, kinds=("503",))
-    sleeps: list[float] = []
     with pytest.raises(RetriesExhaustedError, match="HTTP 503"):
-        client_for(server, sleeps, max_retries=6, max_wait=8, base_wait=1).get(
+        client_for(server, max_retries=6, max_wait=8, base_wait=1).get(
             "/api/v1/credits/balance"
         )
     ceilings = [1, 2, 4, 8, 8, 8]
@@ -72,10 +86,9 @@ def test_backoff_is_exponential_with_jitter_and_capped(server):
 
 
 @pytest.mark.parametrize("kind", ["drop", "cutoff", "500", "502", "slow"])
-def test_network_and_server_faults_are_retried(server, kind):
+def test_network_and_server_faults_are_retried(server, kind, sleeps):
     server.faults = Faults(rate=0.6, kinds=(kind,), seed=3, slow_seconds=0.1)
-    sleeps: list[float] = []
-    client = client_for(server, sleeps, max_retries=20, max_wait=0.01)
+    client = client_for(server, max_retries=20, max_wait=0.01)
     for _ in range(5):
         assert "credits_left" in client.get("/api/v1/credits/balance")
     faults = [r.fault for r in server.requests if r.fault]
@@ -323,15 +336,13 @@ def test_a_misspelt_setting_is_refused_with_a_suggestion(server, run_tap):
     assert server.request_count() == 0
 
 
-def test_read_timeouts_are_retried(server):
+def test_read_timeouts_are_retried(server, sleeps):
     server.faults = Faults(rate=0.8, kinds=("slow",), seed=1, slow_seconds=1.0)
-    sleeps: list[float] = []
     client = OpenFunnelClient(
         api_url=server.url,
         api_key=API_KEY,
         timeout=0.3,
         retry=RetryPolicy(max_retries=20, max_wait=0.01),
-        sleep=sleeps.append,
     )
     for _ in range(4):
         assert "credits_left" in client.get("/api/v1/credits/balance")
@@ -339,6 +350,6 @@ def test_read_timeouts_are_retried(server):
     # The server logs a slowed request once it has answered it, after the client left.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and server.request_count() < 4 + len(sleeps):
-        time.sleep(0.05)
+        threading.Event().wait(0.05)
     slow = [r for r in server.requests if r.fault == "slow"]
     assert len(slow) == len(sleeps)  # every answer that came too late was retried
