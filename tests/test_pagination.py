@@ -7,8 +7,7 @@ import threading
 import pytest
 
 from tap_openfunnel.exceptions import PageSequenceError
-from tap_openfunnel.pagination import Page
-from tap_openfunnel.pagination import PageReader, page_index, page_name
+from tap_openfunnel.pagination import Page, PageReader, page_index, page_name
 
 
 def book(pages: int, rows_per_page: int = 3) -> dict[str | None, Page]:

@@ -76,9 +76,7 @@ def test_retry_after_is_capped_by_max_retry_wait(server, sleeps):
 def test_backoff_is_exponential_with_jitter_and_capped(server, sleeps):
     server.faults = Faults(rate=1.0, kinds=("503",))
     with pytest.raises(RetriesExhaustedError, match="HTTP 503"):
-        client_for(server, max_retries=6, max_wait=8, base_wait=1).get(
-            "/api/v1/credits/balance"
-        )
+        client_for(server, max_retries=6, max_wait=8, base_wait=1).get("/api/v1/credits/balance")
     ceilings = [1, 2, 4, 8, 8, 8]
     assert len(sleeps) == 6
     for wait, ceiling in zip(sleeps, ceilings, strict=True):
