@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import typing as t
 from dataclasses import dataclass
 
@@ -189,3 +190,65 @@ class Checkpoint:
 
     def _state(self, job_id: str) -> dict[str, t.Any]:
         return self._partition(self._streams[job_id], job_id)
+
+
+_PARTITION_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "next_cursor": ((str, type(None)), "a page name or null"),
+    "rows_read": ((int,), "a whole number of at least 0"),
+    "done": ((bool,), "true or false"),
+    "failed": ((bool,), "true or false"),
+    "origin": ((str,), "a string"),
+    "fingerprint": ((str,), "a string"),
+    "submitted_at": ((str,), "an ISO 8601 time"),
+    "request": ((dict,), "an object"),
+}
+
+
+def state_problem(state: object) -> str | None:
+    """Say what is wrong with a state the tap is given, before anything reads it.
+
+    Checks the shape the SDK needs (objects where it expects objects) and every field
+    of every job partition, whichever stream it is under.
+
+    Args:
+        state: The decoded ``--state`` file.
+
+    Returns:
+        Where and what the first problem is, or None for a usable state.
+    """
+    if not isinstance(state, dict):
+        return f"the state is a JSON {type(state).__name__}, not an object"
+    bookmarks = state.get("bookmarks", {})
+    if not isinstance(bookmarks, dict):
+        return "'bookmarks' is not an object"
+    for stream, entry in bookmarks.items():
+        where = f"bookmarks.{stream}"
+        if not isinstance(entry, dict):
+            return f"{where} is not an object"
+        partitions = entry.get("partitions", [])
+        if not isinstance(partitions, list):
+            return f"{where}.partitions is not a list"
+        for index, partition in enumerate(partitions):
+            problem = _partition_problem(partition)
+            if problem is not None:
+                return f"{where}.partitions[{index}]{problem}"
+    return None
+
+
+def _partition_problem(partition: object) -> str | None:
+    if not isinstance(partition, dict):
+        return " is not an object"
+    context = partition.get("context")
+    if not isinstance(context, dict):
+        return " has no 'context' object"
+    job_id = context.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        return ".context.job_id is not a job id"
+    for name, (types, wanted) in _PARTITION_FIELDS.items():
+        if name not in partition:
+            continue
+        value = partition[name]
+        bad_type = not isinstance(value, types) or (bool in types) != isinstance(value, bool)
+        if bad_type or (name == "rows_read" and value < 0):
+            return f".{name} is {json.dumps(value)[:40]}, not {wanted}"
+    return None

@@ -8,7 +8,9 @@ import os
 import sys
 import typing as t
 
+from tap_openfunnel.checkpoint import state_problem
 from tap_openfunnel.exceptions import OpenFunnelError
+from tap_openfunnel.logs import install_secret_filter
 
 if t.TYPE_CHECKING:
     from tap_openfunnel.planner import Plan
@@ -33,7 +35,7 @@ def build(
     state: t.IO[str] | None = None,
     catalog: t.IO[str] | None = None,
 ) -> TapOpenFunnel:
-    """Create the tap from the CLI's inputs, failing cleanly on unreadable JSON.
+    """Create the tap from the CLI's inputs, failing cleanly on unusable files.
 
     Args:
         tap_class: The tap class.
@@ -44,20 +46,36 @@ def build(
     Returns:
         The tap.
     """
+    raw = config.config if config is not None else {}
+    # Before anything can echo it (the SDK's own config validation included).
+    key = raw.get("api_key") if isinstance(raw, dict) else None
+    install_secret_filter(str(key or os.environ.get("TAP_OPENFUNNEL_API_KEY", "")).strip())
     try:
-        return tap_class(
-            config=config.config if config is not None else None,
-            state=None if state is None else json.loads(state.read()),
-            catalog=None if catalog is None else json.loads(catalog.read()),
-            parse_env_config=config.parse_env if config is not None else False,
-            validate_config=True,
-        )
-    except ValueError as exc:
+        state_value = None if state is None else json.loads(state.read())
+        catalog_value = None if catalog is None else json.loads(catalog.read())
+    except (ValueError, RecursionError) as exc:
         fail(
             tap_class.logger,
-            f"A config, state or catalog file given to the tap is not valid JSON ({exc}). "
-            "Fix the file, or pass a state file that a previous run wrote.",
+            f"A state or catalog file given to the tap is not valid JSON ({exc}). Fix the "
+            "file, or pass a state file that a previous run wrote.",
         )
+    problem = None if state_value is None else state_problem(state_value)
+    if problem is not None:
+        fail(
+            tap_class.logger,
+            f"The state given with --state is not one this tap wrote: {problem}. Fix or "
+            "remove that entry, or start from a clean state ('meltano state clear "
+            "<state id>', or no --state). A clean state reads every configured job again "
+            "and submits every tam_builds / lookalike_searches entry again (billed) unless "
+            "you attach their jobs by id in 'tam_job_ids' / 'lookalike_job_ids'.",
+        )
+    return tap_class(
+        config=config.config if config is not None else None,
+        state=state_value,
+        catalog=catalog_value,
+        parse_env_config=config.parse_env if config is not None else False,
+        validate_config=True,
+    )
 
 
 def sync(tap: TapOpenFunnel) -> None:

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 import backoff
 import requests
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
 from tap_openfunnel import __version__
+from tap_openfunnel.deadlines import DeadlineAdapter, deadline
 from tap_openfunnel.exceptions import (
     AmbiguousSubmitError,
     ApiError,
@@ -33,6 +33,12 @@ LOGGER = logging.getLogger("tap-openfunnel")
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _TOO_MANY_REQUESTS = 429
+# An answer that started and did not finish: worth another try.
+_CUT_SHORT = (
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 
 
 class RetriableError(Exception):
@@ -120,12 +126,30 @@ def check_api_url(api_url: str) -> str:
     Raises:
         ConfigurationError: When the URL would send the key in clear text.
     """
-    parts = urlsplit(api_url)
-    host = parts.hostname or ""
+    parts = urlsplit(api_url.strip())
+    try:
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        host = ""
     if parts.scheme not in {"http", "https"} or not host:
         msg = (
             f"Setting 'api_url' must be an absolute http(s) URL such as "
             f"https://api.openfunnel.dev, not {api_url!r}. Fix it in the tap's config."
+        )
+        raise ConfigurationError(msg)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        msg = (
+            "Setting 'api_url' must be a plain base URL such as https://api.openfunnel.dev, "
+            "without a query string, a fragment or credentials. Remove them from the URL."
+        )
+        raise ConfigurationError(msg)
+    if "/api/" in f"{parts.path.rstrip('/')}/":
+        msg = (
+            f"Setting 'api_url' has the path {parts.path!r}, which looks like an endpoint; "
+            "the tap adds '/api/v1/...' itself. Use the base URL only, such as "
+            "https://api.openfunnel.dev (a proxy's own path prefix, like "
+            "https://proxy.example/openfunnel, is fine)."
         )
         raise ConfigurationError(msg)
     if parts.scheme == "http" and not _is_loopback(host):
@@ -135,7 +159,7 @@ def check_api_url(api_url: str) -> str:
             "addresses such as a local fake server."
         )
         raise ConfigurationError(msg)
-    return api_url.rstrip("/")
+    return api_url.strip().rstrip("/")
 
 
 def _is_loopback(host: str) -> bool:
@@ -181,7 +205,7 @@ class OpenFunnelClient:
 
     def _new_session(self, pool_size: int) -> requests.Session:
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(pool_size, 2))
+        adapter = DeadlineAdapter(pool_connections=2, pool_maxsize=max(pool_size, 2))
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update(
@@ -314,24 +338,38 @@ class OpenFunnelClient:
         session: requests.Session | None = None,
     ) -> dict[str, t.Any]:
         url = f"{self.api_url}{path}"
-        try:
-            response = (session or self.session).request(
-                method,
-                url,
-                params=params,
-                json=body,
-                timeout=(min(self.timeout, 30.0), self.timeout),
-                # A redirect would carry X-API-Key to wherever it points: requests
-                # strips only the Authorization header on cross-host redirects.
-                allow_redirects=False,
-            )
-        except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
-            # Both fail before a request line is written.
-            raise RetriableError(type(exc).__name__, sent=False) from None
-        except requests.exceptions.ConnectionError as exc:
-            raise RetriableError(_describe(exc), sent=not _never_sent(exc)) from None
-        except (requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            raise RetriableError(type(exc).__name__) from None
+        # request_timeout bounds the whole request (connect, headers, whole body), not
+        # only each socket read: a trickled answer cannot hold the run.
+        with deadline(self.timeout) as limit:
+            try:
+                response = (session or self.session).request(
+                    method,
+                    url,
+                    params=params,
+                    json=body,
+                    timeout=(min(self.timeout, 30.0), self.timeout),
+                    # A redirect would carry X-API-Key to wherever it points: requests
+                    # strips only the Authorization header on cross-host redirects.
+                    allow_redirects=False,
+                )
+            except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
+                # Both fail before a request line is written.
+                raise RetriableError(type(exc).__name__, sent=False) from None
+            except requests.exceptions.RequestException as exc:
+                if limit.expired:
+                    reason = f"no complete answer within request_timeout ({self.timeout:g} s)"
+                    raise RetriableError(reason) from None
+                if isinstance(exc, requests.exceptions.ConnectionError):
+                    raise RetriableError(_describe(exc), sent=not _never_sent(exc)) from None
+                if isinstance(exc, _CUT_SHORT):
+                    raise RetriableError(type(exc).__name__) from None
+                # Anything else cannot be fixed by trying again. Its text may quote
+                # the request's headers: name the kind of failure only.
+                msg = (
+                    f"{method} {path} could not be completed ({type(exc).__name__}). "
+                    "Check 'api_url' and the network between the tap and the API."
+                )
+                raise ApiError(msg, path=path) from None
         return self.validate_response(response, path)
 
     def validate_response(self, response: requests.Response, path: str) -> dict[str, t.Any]:
@@ -368,7 +406,7 @@ class OpenFunnelClient:
             raise fatal_error(response, path)
         try:
             body = json.loads(response.content)
-        except ValueError:
+        except (ValueError, RecursionError):
             # A body cut short by the server, or an HTML error page from a proxy.
             msg_0 = f"HTTP {status} with an incomplete JSON body"
             raise RetriableError(msg_0) from None

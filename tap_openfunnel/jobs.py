@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from tap_openfunnel.exceptions import (
+    ApiError,
+    AuthenticationError,
+    JobError,
     JobNotFoundError,
     JobTimeoutError,
     NotFoundError,
@@ -20,7 +23,6 @@ from tap_openfunnel.pagination import Page
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from tap_openfunnel.exceptions import JobError
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
@@ -227,20 +229,21 @@ class JobPoller:
         try:
             body = self._fetch(job.job_type, job.job_id, job.cursor)
         except NotFoundError:
-            job.error = JobNotFoundError(
-                job.job_id,
-                f"Job {job.job_id} ({job.job_type.value}) was not found for this API key "
-                "(HTTP 404). It may belong to another key, be mistyped, or have expired. "
-                "Remove it from the config, or check the id.",
-            )
+            job.error = self._not_found(job)
             return
         except RetriesExhaustedError as exc:
             if exc.status != 429:  # noqa: PLR2004
-                raise
+                job.error = JobError(job.job_id, f"Job {job.job_id}: polling it failed. {exc}")
+                return
             # Being throttled while *waiting* is not the job's failure: keep waiting
-            # until the job's own deadline. Outages (5xx, network) do end the run.
+            # until the job's own deadline.
             LOGGER.warning("Polling job %s is throttled (HTTP 429); will poll again.", job.job_id)
             self._reschedule(job)
+            return
+        except AuthenticationError:
+            raise  # the key itself: every job would fail the same way
+        except ApiError as exc:
+            job.error = JobError(job.job_id, f"Job {job.job_id}: polling it failed. {exc}")
             return
         snapshot = JobSnapshot(
             job_id=job.job_id,
@@ -257,6 +260,29 @@ class JobPoller:
             self._reschedule(job)
         if self._on_snapshot is not None:
             self._on_snapshot(job, snapshot)
+
+    def _not_found(self, job: TrackedJob) -> JobError:
+        if job.cursor is not None:
+            # Is it the job or only the page the read would resume at?
+            try:
+                self._fetch(job.job_type, job.job_id, None)
+            except NotFoundError:
+                pass
+            else:
+                return JobError(
+                    job.job_id,
+                    f"Job {job.job_id} is known to the API, but the page {job.cursor!r} "
+                    "where reading would resume (kept in state by an earlier run) is not "
+                    "(HTTP 404). Clear this job's state ('meltano state clear', or remove "
+                    "its partition from the state file) to read it again from the first "
+                    "page; the job itself is fine.",
+                )
+        return JobNotFoundError(
+            job.job_id,
+            f"Job {job.job_id} ({job.job_type.value}) was not found for this API key "
+            "(HTTP 404). It may belong to another key, be mistyped, or have expired. "
+            "Remove it from the config, or check the id.",
+        )
 
     def _reschedule(self, job: TrackedJob) -> None:
         job.next_poll = self._clock() + job.interval

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from urllib.parse import quote
 
 _MASK = "***"
+_SECRET_FORMS: tuple[str, ...] = ()
 
 
 class RedactingFilter(logging.Filter):
@@ -21,6 +24,7 @@ class RedactingFilter(logging.Filter):
     def __init__(self, secret: str) -> None:
         super().__init__()
         self.secret = secret
+        self.forms = secret_forms(secret)
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact the secret in place; never drops a record.
@@ -32,14 +36,50 @@ class RedactingFilter(logging.Filter):
             Always True.
         """
         message = record.getMessage()
-        if self.secret in message:
-            record.msg = message.replace(self.secret, _MASK)
+        redacted = redact(message, self.forms)
+        if redacted != message:
+            record.msg = redacted
             record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text and self.secret in record.exc_text:
-            record.exc_text = record.exc_text.replace(self.secret, _MASK)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self.forms)
         return True
+
+
+def secret_forms(secret: str) -> tuple[str, ...]:
+    """The secret as it may appear in text: as is, escaped (repr, JSON) and URL-quoted.
+
+    Args:
+        secret: The text to hide.
+
+    Returns:
+        Every distinct non-empty form, longest first.
+    """
+    forms = {
+        secret,
+        secret.encode("unicode_escape", "backslashreplace").decode("ascii"),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+    }
+    return tuple(sorted((form for form in forms if form), key=len, reverse=True))
+
+
+def redact(text: str, forms: tuple[str, ...] | None = None) -> str:
+    """Hide every form of the installed secret in ``text`` (server text included).
+
+    Args:
+        text: Any text.
+        forms: The forms to hide (default: those of the installed secret).
+
+    Returns:
+        The text with each form replaced by ``***``.
+    """
+    for form in _SECRET_FORMS if forms is None else forms:
+        if form in text:
+            text = text.replace(form, _MASK)
+    return text
 
 
 def install_secret_filter(secret: str) -> None:
@@ -48,8 +88,10 @@ def install_secret_filter(secret: str) -> None:
     Args:
         secret: The text to hide.
     """
+    global _SECRET_FORMS  # noqa: PLW0603 - one secret per process, set once
     if not secret:
         return
+    _SECRET_FORMS = secret_forms(secret)
     handlers: list[logging.Handler] = list(logging.getLogger().handlers)
     for logger in list(logging.Logger.manager.loggerDict.values()):
         if isinstance(logger, logging.Logger):

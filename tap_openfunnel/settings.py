@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import typing as t
 from dataclasses import dataclass
 
@@ -175,6 +176,8 @@ CONFIG_SCHEMA = th.PropertiesList(
     ),
 ).to_dict()
 
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
 DEFAULTS: dict[str, t.Any] = {
     name: spec.get("default") for name, spec in CONFIG_SCHEMA["properties"].items()
 }
@@ -234,6 +237,16 @@ class Settings:
                 "the environment variable TAP_OPENFUNNEL_API_KEY; keys look like 'of_...'."
             )
             raise ConfigurationError(msg)
+        api_key = api_key.strip()
+        if not _PRINTABLE_ASCII.fullmatch(api_key):
+            # The key is never echoed, not even in part: say what is wrong with it.
+            msg = (
+                "Setting 'api_key' holds characters an API key cannot have (a line break, "
+                "a space, a control character or a non-ASCII letter), so it cannot be sent "
+                "as the X-API-Key header. Copy the key again exactly as OpenFunnel issued it "
+                "(keys look like 'of_...'), without quotes or line breaks."
+            )
+            raise ConfigurationError(msg)
 
         def value(name: str) -> t.Any:  # noqa: ANN401 - JSON values
             # Defaults live in one place: the schema.
@@ -243,7 +256,7 @@ class Settings:
         refresh = value("refresh_after")
         max_credits = value("max_credits")
         return cls(
-            api_key=api_key.strip(),
+            api_key=api_key,
             api_url=check_api_url(str(value("api_url"))),
             tam_job_ids=_job_ids(config, "tam_job_ids"),
             lookalike_job_ids=_job_ids(config, "lookalike_job_ids"),

@@ -13,8 +13,9 @@ from pathlib import Path
 from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
-from tap_openfunnel.exceptions import PageSequenceError
+from tap_openfunnel.exceptions import ApiError, AuthenticationError, JobError, PageSequenceError
 from tap_openfunnel.jobs import JobType
+from tap_openfunnel.pagination import MAX_PAGES_WITHOUT_MANIFEST as MAX_PAGES
 from tap_openfunnel.pagination import PageReader, page_name
 from tap_openfunnel.records import RowShaper
 
@@ -111,7 +112,11 @@ class CompanyStream(OpenFunnelStream):
             checkpoint.promote(handed)
 
     def _read_job(self, run: Run, job_id: str) -> Iterator[dict[str, t.Any]]:
-        """Wait for one job, walk its pages from the checkpoint, and hand each page's end back."""
+        """Wait for one job, walk its pages from the checkpoint, and hand each page's end back.
+
+        Whatever goes wrong with this job's pages fails this job only; the run goes on
+        with the others and fails at the end, naming it.
+        """
         snapshot = run.wait(job_id)
         if snapshot is None:
             return
@@ -119,7 +124,6 @@ class CompanyStream(OpenFunnelStream):
         start = checkpoint.position(job_id)
         cursor = start.cursor
         rows_total = start.rows_read
-        pages = snapshot.manifest.get("pages")
         reader = PageReader(
             job_id,
             functools.partial(run.api.fetch_page, self.job_type, job_id),
@@ -129,7 +133,7 @@ class CompanyStream(OpenFunnelStream):
             for page in reader.pages(
                 cursor,
                 first=snapshot.page if snapshot.cursor == cursor else None,
-                total_pages=pages if isinstance(pages, int) else None,
+                total_pages=manifest_pages(snapshot.manifest),
             ):
                 yield from self._shaper.records(
                     page.rows,
@@ -143,11 +147,49 @@ class CompanyStream(OpenFunnelStream):
                 checkpoint.page_read(job_id, next_cursor=cursor, rows_read=rows_total)
                 run.page_read(job_id, len(page.rows))
         except PageSequenceError as exc:
+            if exc.page is not None:
+                # Its rows are sound, its next_cursor is not: deliver them, but leave
+                # state before this page (a rerun sends them again, with the same ranks).
+                yield from self._shaper.records(
+                    exc.page.rows,
+                    job_id=job_id,
+                    page=exc.page.name or cursor or page_name(0),
+                    first_rank=rows_total + 1,
+                )
             run.fail(exc)
+            return
+        except AuthenticationError:
+            raise  # the key itself: every other job would fail the same way
+        except ApiError as exc:
+            where = f"page {cursor!r}" if cursor else "the first page"
+            resumed = " (the cursor kept in state)" if cursor == start.cursor and cursor else ""
+            run.fail(
+                JobError(
+                    job_id,
+                    f"Job {job_id}: reading {where}{resumed} failed: {exc} The tap stopped "
+                    "reading this job there; the rows before it were delivered and state "
+                    "keeps the cursor, so the next run retries from that page.",
+                ),
+            )
             return
         finally:
             self._shaper.report(job_id)
         run.check_row_count(snapshot, rows_total)
+
+
+def manifest_pages(manifest: Mapping[str, t.Any]) -> int | None:
+    """``manifest.pages`` when it is a usable count, else None (the walk is bounded anyway).
+
+    Args:
+        manifest: The job's manifest.
+
+    Returns:
+        The page count, or None.
+    """
+    pages = manifest.get("pages")
+    if isinstance(pages, int) and not isinstance(pages, bool) and 0 <= pages <= MAX_PAGES:
+        return pages
+    return None
 
 
 class TamCompaniesStream(CompanyStream):
