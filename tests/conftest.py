@@ -13,7 +13,8 @@ from tap_openfunnel.sandbox import FakeOpenFunnel
 
 @pytest.fixture
 def server():
-    with FakeOpenFunnel(api_keys=(API_KEY,)) as fake:
+    # It refuses to serve for ever: a tap that loops fails instead of hanging.
+    with FakeOpenFunnel(api_keys=(API_KEY,), max_requests=20_000) as fake:
         yield fake
 
 
