@@ -80,13 +80,16 @@ class _Keeper:
         self.budget = MAX_KEPT_CHARS
         self.dropped = 0
 
-    def text(self, item: str) -> str:
-        self.budget -= len(item)
+    def text(self, item: str, overhead: int = 2) -> str:
+        # Characters as JSON writes them, roughly: quotes, and for keys ": " and ", ".
+        self.budget -= len(item) + overhead
         return redact(clean_text(item))
 
     def value(self, item: object, depth: int) -> object:
         if isinstance(item, str):
-            if len(item) > self.budget:
+            if len(item) + 2 > self.budget:
+                # Nothing after the cut is kept either: one marker per cut, not per value.
+                self.budget = 0
                 self.dropped += 1
                 return LARGE_MARKER
             return self.text(item)
@@ -116,9 +119,9 @@ class _Keeper:
         for index, (key, element) in enumerate(fields.items()):
             if self.budget <= 0:
                 self.dropped += len(fields) - index
-                kept[self.text(str(key))] = LARGE_MARKER
+                kept[self.text(str(key), 4)] = LARGE_MARKER
                 break
-            kept[self.text(str(key))] = self.value(element, depth + 1)
+            kept[self.text(str(key), 4)] = self.value(element, depth + 1)
         return kept
 
 
@@ -346,11 +349,12 @@ class RowShaper:
             return
         seen: set[str] = set()
         for row in rows:
-            seen.update(row)
+            if not all(name in row for name in lacking):
+                seen.update(row)
         problem = (
             f"Job {job_id}: most rows of page {redact(clean_text(page))!r} lack "
             f"{', '.join(lacking)}, which identify a company, yet carry other fields "
-            f"({_names(seen)}): the API's row shape has probably changed."
+            f"(those rows have {_names(seen)}): the API's row shape has probably changed."
         )
         if self.strict_shape:
             msg = (
