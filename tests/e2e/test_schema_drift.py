@@ -1,9 +1,12 @@
-"""Schema drift through `meltano run ... target-postgres`: unknown fields land as jsonb."""
+"""Schema drift through `meltano run`: unknown fields land as JSON in PostgreSQL and DuckDB."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
-from e2e_support import describe, tap_env
+from e2e_support import DUCKDB_PYTHON, describe, tap_env
 
 from tap_openfunnel.sandbox import JobSpec
 
@@ -80,3 +83,59 @@ def test_unknown_fields_land_as_queryable_jsonb(meltano, fake_api, pg_database):
         )
         == f"7|{ROWS}|t"
     )
+
+
+# Run by the target-duckdb plugin's own Python, which has duckdb 1.2.2.
+DUCKDB_QUERY = """
+import json, sys
+import duckdb
+db = duckdb.connect(sys.argv[1], read_only=True)
+def one(sql):
+    return db.execute(sql).fetchall()[0]
+print(json.dumps({
+    "types": sorted(db.execute(
+        "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+        "WHERE column_name IN ('_extra', 'manifest')").fetchall()),
+    "tam": one("SELECT count(*), count(_extra), "
+               "count(json_extract_string(_extra, '$.company_name')) "
+               "FROM openfunnel.tam_companies"),
+    "lookalike": one("SELECT count(*), count(_extra) FROM openfunnel.lookalike_companies"),
+    "refunded": one("SELECT json_extract_string(manifest, '$.credits_refunded') "
+                    "FROM openfunnel.jobs WHERE job_type = 'lookalike_search'")[0],
+}))
+"""
+
+
+def test_unknown_fields_land_as_json_in_duckdb(meltano, fake_api, tmp_path):
+    tam = fake_api.add_job(
+        JobSpec(kind="tam", rows=ROWS, quirks=frozenset({"extra_fields", "renamed_fields"}))
+    )
+    lookalike = fake_api.add_job(JobSpec(kind="lookalike", rows=120, quirks={"new_manifest_field"}))
+    database = tmp_path / "drift.duckdb"
+    env = {
+        **tap_env(fake_api, tam=[tam], lookalike=[lookalike]),
+        "TARGET_DUCKDB_FILEPATH": str(database),
+    }
+
+    result = meltano.run("run", "tap-openfunnel", "target-duckdb", env=env)
+
+    assert result.returncode == 0, describe(result)
+    query = subprocess.run(
+        [str(DUCKDB_PYTHON), "-c", DUCKDB_QUERY, str(database)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert query.returncode == 0, query.stderr
+    found = json.loads(query.stdout)
+    assert found["types"] == [
+        ["jobs._extra", "JSON"],
+        ["jobs.manifest", "JSON"],
+        ["lookalike_companies._extra", "JSON"],
+        ["tam_companies._extra", "JSON"],
+    ]
+    assert found["tam"] == [ROWS, ROWS, ROWS // 2]
+    # Unlike target-postgres, target-duckdb writes a null object as SQL NULL.
+    assert found["lookalike"] == [120, 0]
+    assert found["refunded"] == "7"
