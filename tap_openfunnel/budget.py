@@ -17,6 +17,18 @@ if t.TYPE_CHECKING:
 LOGGER = logging.getLogger("tap-openfunnel")
 
 
+def credits_text(amount: float) -> str:
+    """Credits as people write them: ``1,484``, or ``12.5`` when not whole.
+
+    Args:
+        amount: A number of credits (the API sends whole numbers as floats too).
+
+    Returns:
+        The amount with thousands separators and no trailing ``.0``.
+    """
+    return f"{amount:,.0f}" if float(amount).is_integer() else f"{amount:,.2f}".rstrip("0")
+
+
 class BudgetError(OpenFunnelError):
     """Submitting would exceed the balance or ``max_credits``; nothing was submitted."""
 
@@ -107,7 +119,7 @@ def check_budget(
     if credits_left is not None and (worst > credits_left or credits_left <= 0):
         tam = any(entry.worst_case_credits is None for entry in entries)
         msg = (
-            f"The account has {credits_left:,.1f} credits left, but the jobs about to be "
+            f"The account has {credits_text(credits_left)} credits left, but the jobs about to be "
             f"submitted ({labels}) could cost up to {worst:,.0f}"
             f"{' plus what the TAM builds deliver' if tam else ''}. Nothing was submitted. "
             "Top up the account or lower the searches' 'limit'."
