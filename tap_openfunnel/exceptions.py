@@ -50,6 +50,10 @@ class RetriesExhaustedError(ApiError):
     """A retriable failure (429, 5xx, network) outlasted the retry budget."""
 
 
+class UnreachableError(ApiError):
+    """No connection could be opened, and the retry policy says not to retry that."""
+
+
 class AmbiguousSubmitError(ApiError):
     """A submit failed after it may have reached the server: a job may exist."""
 
