@@ -312,7 +312,12 @@ class JobRegistry:
         """
         if error.job_id not in self.failures:
             self.failures[error.job_id] = error
-            LOGGER.error("%s", error)
+            # The reason goes in the run's final error, once: here only what happens next.
+            LOGGER.warning(
+                "Job %s could not be extracted; the other jobs go on, then the run fails "
+                "saying why.",
+                error.job_id,
+            )
 
     def raise_for_failures(self) -> None:
         """End the run with an error if any job could not be extracted.
