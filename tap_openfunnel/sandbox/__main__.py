@@ -120,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lookalike_job_ids": lookalike_ids,
             "poll_interval": 1,
         }
-        args.write_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        # Written whole, then renamed: a script waiting for the file never reads half.
+        partial = args.write_config.with_name(args.write_config.name + ".partial")
+        partial.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        partial.replace(args.write_config)
     info = {
         "url": server.url,
         "api_key": args.api_key,
