@@ -97,7 +97,8 @@ if [[ "$meltano_status" != 0 ]]; then
     exit 1
 fi
 echo "==> Done in $((SECONDS - started)) s. What landed in DuckDB:"
-"$DUCKDB_PYTHON" scripts/show_duckdb.py "$TARGET_DUCKDB_FILEPATH" "${show_args[@]}"
+# Relative to the checkout when inside it: the same output on every machine.
+"$DUCKDB_PYTHON" scripts/show_duckdb.py "${TARGET_DUCKDB_FILEPATH#"$PWD"/}" "${show_args[@]}"
 if [[ ${#show_args[@]} -gt 0 ]]; then
     echo "==> OK: every row of the sample jobs arrived ($TAM_ROWS TAM companies, $LOOKALIKE_ROWS lookalikes)."
 elif grep -q "in an earlier run; skipping" "$log"; then
