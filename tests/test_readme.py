@@ -8,6 +8,11 @@ in a scratch copy of the checkout (symlinks to the installed virtualenvs, a copy
 - ``config``: a JSON config, which ``tap-openfunnel --discover`` must accept;
 - ``run-against-fake-api``: bash, as written, with ``TAP_OPENFUNNEL_API_URL`` pointing
   at a fake server that accepts the README's placeholder key ``of_...``.
+
+Every request goes to loopback, with one exception: the block that adds the tap to a
+new Meltano project has pip install it (from the checkout) into a new virtualenv, so
+pip resolves its dependencies from the configured package index or its cache, as
+``make install`` does. Meltano Hub is a closed port throughout.
 """
 
 from __future__ import annotations
