@@ -10,6 +10,8 @@ import pytest
 from support import API_KEY, base_config, tap_command, tap_env, write_json
 
 from tap_openfunnel.budget import credits_text
+from tap_openfunnel.client import BALANCE_PATH, OpenFunnelClient, RetryPolicy
+from tap_openfunnel.exceptions import RetriesExhaustedError, UnreachableError
 from tap_openfunnel.sandbox import JobSpec
 
 
@@ -121,3 +123,49 @@ def test_run_summary_prints_whole_credits(server, tmp_path):
     proc = run_cli(tmp_path, base_config(server, tam_job_ids=[job]))
     assert proc.returncode == 0, proc.stderr
     assert "; 120 credits consumed" in proc.stderr
+
+
+def test_retries_running_out_end_in_the_tap_message_alone(tmp_path):
+    config = {
+        "api_key": API_KEY,
+        "api_url": f"http://127.0.0.1:{closed_port()}",
+        "tam_job_ids": ["8a8e8a97-8192-48ff-849a-d8a96e949732"],
+        "max_retries": 1,
+        "max_retry_wait": 0.05,
+    }
+    proc = run_cli(tmp_path, config)
+    assert proc.returncode == 1
+    [line] = error_lines(proc.stderr)
+    assert "still failed after 1 retries" in line
+    assert "Connection refused" in line
+    assert "unhandled error" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("retry_unreachable", "error", "lookups"),
+    [
+        pytest.param(False, UnreachableError, 1, id="connection-test"),
+        pytest.param(True, RetriesExhaustedError, 3, id="sync"),
+    ],
+)
+def test_unknown_host_is_an_answer_for_the_check_and_retried_by_a_sync(
+    monkeypatch, retry_unreachable, error, lookups
+):
+    calls = []
+
+    def no_such_host(host, *args, **kwargs):
+        calls.append(host)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    # In process, so that no name lookup leaves the machine.
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    client = OpenFunnelClient(
+        api_url="https://no-such-host.invalid",
+        api_key=API_KEY,
+        retry=RetryPolicy(max_retries=2, retry_unreachable=retry_unreachable),
+        sleep=lambda _seconds: None,
+    )
+    with pytest.raises(error) as raised:
+        client.get(BALANCE_PATH)
+    assert len(calls) == lookups
+    assert "Name or service not known" in str(raised.value)
