@@ -62,6 +62,9 @@ settings = {
     "API_KEY": info["api_key"],
     "TAM_JOB_IDS": json.dumps(info["tam_job_ids"]),
     "LOOKALIKE_JOB_IDS": json.dumps(info["lookalike_job_ids"]),
+    # Only the sample jobs: entries you configured for the real API are not submitted.
+    "TAM_BUILDS": "[]",
+    "LOOKALIKE_SEARCHES": "[]",
 }
 for name, value in settings.items():
     print(f"export TAP_OPENFUNNEL_{name}={shlex.quote(value)}")
