@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 # (label, file suffix, function): the steps one record goes through, in order. cProfile
 # inflates small calls, so read the shares, not the absolute microseconds.
 STEPS = (
-    ("fetch + parse pages, server wait included", "tap_openfunnel/registry.py", "fetch_page"),
+    ("fetch + parse pages, server wait included", "tap_openfunnel/api.py", "fetch_page"),
     ("row shaping (tap RowShaper)", "tap_openfunnel/records.py", "records"),
     (
         "SDK pop_deselected_record_properties",

@@ -10,13 +10,16 @@ import typing as t
 
 from singer_sdk.exceptions import ConfigValidationError
 
+from tap_openfunnel.api import BALANCE_PATH
 from tap_openfunnel.budget import credits_text
-from tap_openfunnel.client import BALANCE_PATH, OpenFunnelClient, RetryPolicy
+from tap_openfunnel.checkpoint import state_problem
+from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
 from tap_openfunnel.exceptions import OpenFunnelError
-from tap_openfunnel.logs import install_reported_error_filter
+from tap_openfunnel.logs import install_reported_error_filter, install_secret_filter
 from tap_openfunnel.settings import MISSING_API_KEY, Settings, check_known_settings
 
 if t.TYPE_CHECKING:
+    from tap_openfunnel.planner import Plan
     from tap_openfunnel.tap import TapOpenFunnel
 
 # The SDK's schema error for an absent key; the tap's own message says what to do.
@@ -48,7 +51,7 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
     require_api_key: bool = True,
     setup_mapper: bool = True,
 ) -> TapOpenFunnel:
-    """Create the tap from the CLI's inputs, failing cleanly on bad JSON or config.
+    """Create the tap from the CLI's inputs, failing cleanly on unusable files or config.
 
     Args:
         tap_class: The tap class.
@@ -61,21 +64,35 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
     Returns:
         The tap.
     """
+    raw = config.config if config is not None else {}
+    # Before anything can echo it (the SDK's own config validation included).
+    key = raw.get("api_key") if isinstance(raw, dict) else None
+    install_secret_filter(str(key or os.environ.get("TAP_OPENFUNNEL_API_KEY", "")).strip())
     try:
-        state_dict = None if state is None else json.loads(state.read())
-        catalog_dict = None if catalog is None else json.loads(catalog.read())
-    except ValueError as exc:
+        state_value = None if state is None else json.loads(state.read())
+        catalog_value = None if catalog is None else json.loads(catalog.read())
+    except (ValueError, RecursionError) as exc:
         fail(
             tap_class.logger,
-            f"A state or catalog file given to the tap is not valid JSON ({exc}). "
-            "Fix the file, or pass a state file that a previous run wrote.",
+            f"A state or catalog file given to the tap is not valid JSON ({exc}). Fix the "
+            "file, or pass a state file that a previous run wrote.",
+        )
+    problem = None if state_value is None else state_problem(state_value)
+    if problem is not None:
+        fail(
+            tap_class.logger,
+            f"The state given with --state is not one this tap wrote: {problem}. Fix or "
+            "remove that entry, or start from a clean state ('meltano state clear "
+            "<state id>', or no --state). A clean state reads every configured job again "
+            "and submits every tam_builds / lookalike_searches entry again (billed) unless "
+            "you attach their jobs by id in 'tam_job_ids' / 'lookalike_job_ids'.",
         )
 
     def create(*, validate: bool) -> TapOpenFunnel:
         return tap_class(
             config=config.config if config is not None else None,
-            state=state_dict,
-            catalog=catalog_dict,
+            state=state_value,
+            catalog=catalog_value,
             parse_env_config=config.parse_env if config is not None else False,
             validate_config=validate,
             setup_mapper=setup_mapper,
@@ -150,19 +167,41 @@ def discover(
 
 
 def sync(tap: TapOpenFunnel) -> None:
-    """Run the sync; jobs that could not be extracted fail it after the others landed.
+    """Config, then plan, then the streams; jobs that failed fail the run after the others.
 
     Args:
         tap: The tap.
     """
     install_reported_error_filter()
     try:
-        tap.settings  # noqa: B018 - check the settings before any stream starts
+        tap.settings  # noqa: B018 - check the settings before anything is sent
+        plan = tap.make_plan()
+        if tap.settings.dry_run:
+            report_plan(tap, plan)
+            return
+        plan.check_budget()
+        run = tap.prepare(plan)
         tap.sync_all()
-        tap.registry.log_summary()
-        tap.registry.raise_for_failures()
+        run.log_summary()
+        run.raise_for_failures()
     except OpenFunnelError as exc:
         fail(tap.logger, str(exc))
+
+
+def report_plan(tap: TapOpenFunnel, plan: Plan) -> None:
+    """Print the plan of a dry run on stderr; nothing is submitted, read or written.
+
+    Args:
+        tap: The tap.
+        plan: The run's plan.
+    """
+    lines = [
+        "Dry run: nothing was submitted, no page was read, state is unchanged.",
+        *plan.describe(),
+    ]
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+    tap.logger.info("Dry run finished.")
 
 
 def connection_test(tap: TapOpenFunnel) -> None:
@@ -199,19 +238,26 @@ def connection_test(tap: TapOpenFunnel) -> None:
 
 
 def exit_on_signal(tap: TapOpenFunnel, signum: int) -> t.NoReturn:
-    """Write state, cancel this run's jobs if asked, and exit 128+signal at once.
+    """Write the durable state, cancel this run's jobs if asked, and exit 128+signal at once.
 
     The SDK exits 0, which tells a scheduler all went well; and a normal exit would wait
     for page requests still in flight in the prefetch threads (up to request_timeout).
+    The state written holds only positions the checkpoint has made durable (see
+    :class:`~tap_openfunnel.checkpoint.Checkpoint`): in BATCH mode, records still
+    waiting for their batch file are read again by the next run.
 
     Args:
         tap: The tap.
         signum: The signal received.
     """
     tap.logger.warning("Interrupted by signal %d; writing state and exiting non-zero.", signum)
-    tap.state_writer.write_state(tap.state)
-    if tap.settings.cancel_on_interrupt and "registry" in tap.__dict__:
-        cancelled = tap.registry.cancel_submitted()
+    run = tap.__dict__.get("_run")
+    if "checkpoint" in tap.__dict__:
+        tap.checkpoint.write()
+    else:
+        tap.state_writer.write_state(tap.state)
+    if run is not None and tap.settings.cancel_on_interrupt:
+        cancelled = run.cancel_submitted()
         if cancelled:
             tap.logger.warning("cancel_on_interrupt: asked to cancel %s.", ", ".join(cancelled))
     sys.stdout.flush()

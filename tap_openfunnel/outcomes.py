@@ -13,7 +13,7 @@ if t.TYPE_CHECKING:
 
     from tap_openfunnel.exceptions import JobError
     from tap_openfunnel.jobs import JobSnapshot, TrackedJob
-    from tap_openfunnel.registry import JobRun
+    from tap_openfunnel.run import JobProgress
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
@@ -50,7 +50,7 @@ def row_count_mismatch(snapshot: JobSnapshot, rows_total: int) -> str | None:
 
 def log_summary(
     stream_names: list[str],
-    runs: Iterable[JobRun],
+    runs: Iterable[JobProgress],
     jobs: Iterable[TrackedJob],
     failures: Mapping[str, JobError],
 ) -> None:

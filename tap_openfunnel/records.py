@@ -7,6 +7,8 @@ import logging
 import math
 import typing as t
 
+from tap_openfunnel.logs import redact
+
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
@@ -16,9 +18,31 @@ LOGGER = logging.getLogger("tap-openfunnel")
 ADDED_FIELDS = ("job_id", "page", "rank")
 
 
+def clean_text(text: str) -> str:
+    """Make server text safe for every target: valid UTF-8, no NUL characters.
+
+    A lone surrogate cannot be encoded (the writer would crash on it) and PostgreSQL's
+    text type rejects NUL; both come only from a broken or hostile answer.
+
+    Args:
+        text: A string from the API.
+
+    Returns:
+        The string with lone surrogates replaced by U+FFFD and NUL removed.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _to_int(value: object) -> int | None:
     if isinstance(value, bool):
-        return int(value)
+        return None  # true is not a number of employees
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else None
     if isinstance(value, str):
@@ -47,8 +71,13 @@ def _to_number(value: object) -> float | None:
 
 
 def _to_string(value: object) -> str | None:
+    if isinstance(value, str):
+        return clean_text(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+        try:
+            return clean_text(json.dumps(value, ensure_ascii=False))
+        except (ValueError, RecursionError):
+            return None  # nested too deep to be data
     return str(value)
 
 
@@ -66,7 +95,7 @@ def _to_string_list(value: object) -> list[str] | None:
     if isinstance(value, list):
         # A null inside a list of strings carries nothing; other items become text.
         return [
-            item if isinstance(item, str) else str(_to_string(item))
+            clean_text(item) if isinstance(item, str) else str(_to_string(item))
             for item in value
             if item is not None
         ]
@@ -144,8 +173,11 @@ class RowShaper:
             record: dict[str, t.Any] = {"job_id": job_id, "page": page, "rank": rank}
             for name in fields:
                 value = row.get(name)
-                if value is not None and type(value) not in exact[name]:
-                    value = self._coerce(name, value)
+                if value is not None:
+                    if type(value) not in exact[name]:
+                        value = self._coerce(name, value)
+                    elif type(value) is str and ("\x00" in value or not value.isascii()):
+                        value = clean_text(value)
                 record[name] = value
             if len(row) > len(fields) or not known.issuperset(row):
                 self.unknown_fields.update(key for key in row if key not in known)
@@ -165,6 +197,9 @@ class RowShaper:
             value = values.get(name)
             if value is not None and type(value) not in self._exact[name]:
                 value = self._coerce(name, value)
+            if isinstance(value, str):
+                # Server text (status, messages) may quote anything, the key included.
+                value = redact(clean_text(value))
             record[name] = value
         for name in ADDED_FIELDS:
             if name in values:

@@ -39,6 +39,8 @@ class RequestRecord:
         query: Query parameters (last value wins).
         status: Status sent, or 0 when the connection was dropped without an answer.
         fault: The injected fault or submit script entry, if any.
+        connection: The client's address and port: requests with the same value came
+            on the same (keep-alive) connection.
     """
 
     method: str
@@ -46,6 +48,7 @@ class RequestRecord:
     query: dict[str, str]
     status: int
     fault: str | None
+    connection: str = ""
 
 
 class SandboxNotStartedError(Exception):
@@ -283,7 +286,14 @@ class FakeOpenFunnel:
         """Append a request record (called before the answer is written)."""
         with self._requests_lock:
             self.requests.append(
-                RequestRecord(exchange.method, exchange.path, exchange.query, status, fault)
+                RequestRecord(
+                    exchange.method,
+                    exchange.path,
+                    exchange.query,
+                    status,
+                    fault,
+                    exchange.connection,
+                )
             )
 
 

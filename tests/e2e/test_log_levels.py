@@ -32,8 +32,8 @@ def test_meltano_shows_the_tap_levels_and_no_noise(meltano, fake_api, tmp_path):
     assert result.returncode != 0, describe(result)
     warnings = tap_lines(output, "warning")
     assert any("manifest" in line for line in warnings), describe(result)
-    assert any(f"Job {MISSING} could not be extracted" in line for line in warnings)
-    [error] = tap_lines(output, "error")
-    assert "was not found for this API key" in error
+    errors = tap_lines(output, "error")
+    assert any("was not found for this API key" in line for line in errors), describe(result)
+    assert MISSING in errors[-1]
     assert output.count("was not found for this API key") == 1
     assert "An unhandled error occurred" not in output
