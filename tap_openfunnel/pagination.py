@@ -125,8 +125,10 @@ class NextCursorPaginator:
         self.job_id = job_id
         self.current: str | None = start
         self.finished = False
-        self._served: set[str] = set()
-        self._walked = page_index(start) or 0  # pages before the start, by its name
+        # Pages before a resumed start were served in earlier runs: by the page_NNNN
+        # scheme, a cursor pointing back at one of them is a loop too.
+        self._walked = min(page_index(start) or 0, MAX_PAGES_WITHOUT_MANIFEST)
+        self._served: set[str] = {page_name(index) for index in range(self._walked)}
         self._empty_in_a_row = 0
         self.limit = (
             total_pages + MAX_PAGES_PAST_MANIFEST

@@ -17,7 +17,8 @@ SEED = 0
 
 @pytest.fixture
 def server():
-    with FakeOpenFunnel(api_keys=(API_KEY,), seed=SEED) as fake:
+    # It refuses to serve for ever: a tap that loops fails instead of hanging.
+    with FakeOpenFunnel(api_keys=(API_KEY,), seed=SEED, max_requests=20_000) as fake:
         yield fake
 
 

@@ -707,3 +707,12 @@ def test_cli_refuses_a_public_address():
     result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert "loopback" in result.stderr
+
+
+def test_the_sandbox_refuses_to_serve_for_ever():
+    with FakeOpenFunnel(api_keys=(KEY,), max_requests=3) as server, requests.Session() as s:
+        codes = [
+            s.get(f"{server.url}/api/v1/credits/balance", headers={"X-API-Key": KEY}).status_code
+            for _ in range(5)
+        ]
+    assert codes == [200, 200, 200, 410, 410]

@@ -71,6 +71,8 @@ class FakeOpenFunnel:
         port: Port to bind; 0 picks a free one.
         cancel_seconds: How long a cancelled job stays ``cancelling``.
         clock: Monotonic clock driving every job (injectable for tests).
+        max_requests: Past this many API requests every answer is 410, so that a client
+            that loops fails instead of running for ever (None: no limit).
 
     Raises:
         ValueError: If ``host`` is not a loopback address.
@@ -88,6 +90,7 @@ class FakeOpenFunnel:
         port: int = 0,
         cancel_seconds: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
+        max_requests: int | None = None,
     ) -> None:
         if host != "localhost" and not _is_loopback(host):
             msg = f"The sandbox only binds loopback addresses, not {host!r}"
@@ -100,6 +103,7 @@ class FakeOpenFunnel:
         self.port = port
         self.cancel_seconds = cancel_seconds
         self.redirect_to: str | None = None
+        self.max_requests = max_requests
         self.submit_defaults: dict[str, JobSpec] = {
             "tam": JobSpec(kind="tam"),
             "lookalike": JobSpec(kind="lookalike"),
@@ -244,7 +248,7 @@ class FakeOpenFunnel:
         return {"submits": submits, "requests": count, "credits_used": self.credits_used}
 
     # ------------------------------------------------------------ request handling
-    def handle(self, exchange: Exchange) -> Outcome:
+    def handle(self, exchange: Exchange) -> Outcome:  # noqa: PLR0911 - one return per kind of answer
         """Answer one API request, faults included (called from the HTTP threads).
 
         Order: latency, redirect, submit script or random fault, then routing (which
@@ -256,6 +260,11 @@ class FakeOpenFunnel:
         Returns:
             What to send, and how.
         """
+        if self.max_requests is not None and len(self.requests) >= self.max_requests:
+            return Outcome(
+                json_answer(410, {"detail": "The sandbox refuses to serve for ever."}),
+                fault="max_requests",
+            )
         if self.latency > 0:
             time.sleep(self.latency)
         if self.redirect_to is not None and exchange.path.startswith("/api/"):
