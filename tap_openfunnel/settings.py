@@ -183,6 +183,13 @@ DEFAULTS: dict[str, t.Any] = {
 }
 
 
+MISSING_API_KEY = (
+    "Setting 'api_key' is missing or empty. Set it in the tap's config, in the "
+    "environment variable TAP_OPENFUNNEL_API_KEY, or with `meltano config set "
+    "tap-openfunnel api_key ...`; keys look like 'of_...'."
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The config, validated and typed, with defaults filled in."""
@@ -232,11 +239,7 @@ class Settings:
         """
         api_key = config.get("api_key")
         if not isinstance(api_key, str) or not api_key.strip():
-            msg = (
-                "Setting 'api_key' is missing or empty. Set it in the tap's config or in "
-                "the environment variable TAP_OPENFUNNEL_API_KEY; keys look like 'of_...'."
-            )
-            raise ConfigurationError(msg)
+            raise ConfigurationError(MISSING_API_KEY)
         api_key = api_key.strip()
         if not _PRINTABLE_ASCII.fullmatch(api_key):
             # The key is never echoed, not even in part: say what is wrong with it.

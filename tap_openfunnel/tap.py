@@ -58,6 +58,9 @@ class TapOpenFunnel(Tap):
         PluginCapabilities.STREAM_MAPS,
         PluginCapabilities.FLATTENING,
         PluginCapabilities.BATCH,
+        # Meltano 4 parses the SDK's JSON log lines (and so shows warnings as warnings)
+        # only for plugins that declare this.
+        PluginCapabilities.STRUCTURED_LOGGING,
     ]
 
     _run: Run | None = None
@@ -172,6 +175,14 @@ class TapOpenFunnel(Tap):
             return
         cli.connection_test(cli.build(cls, ctx.params.get("config")))
         ctx.exit(0)
+
+    @classmethod
+    @override
+    def cb_discover(cls, ctx: click.Context, param: click.Option, value: bool) -> None:
+        # The SDK's discovery only warns "Config validation failed" on a bad config.
+        if value:
+            cli.discover(cls, ctx.params.get("config"))
+            ctx.exit()
 
     @classmethod
     @override

@@ -213,7 +213,7 @@ def test_balance_too_low_is_refused(run_tap):
     with FakeOpenFunnel(api_keys=(API_KEY,), credits_total=100) as poor:
         run = run_tap(base_config(poor, lookalike_searches=[{"query": "a", "limit": 500}]))
         assert run.returncode != 0
-        assert "100.0 credits left" in run.stderr
+        assert "100 credits left" in run.stderr
         assert poor.submit_count("lookalike") == 0
 
 
