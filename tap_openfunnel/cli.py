@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 import typing as t
 
@@ -180,12 +181,31 @@ def sync(tap: TapOpenFunnel) -> None:
             report_plan(tap, plan)
             return
         plan.check_budget()
-        run = tap.prepare(plan)
+        run = tap.prepare(plan, may_submit=not output_is_a_check())
         tap.sync_all()
         run.log_summary()
         run.raise_for_failures()
     except OpenFunnelError as exc:
         fail(tap.logger, str(exc))
+
+
+def output_is_a_check() -> bool:
+    """True when stdout and stderr are one pipe: a reader of the first record, not a target.
+
+    ``meltano config test`` reads the tap's stdout and stderr through one pipe and stops
+    the tap (SIGTERM) at the first RECORD; with a target on the other end, stdout is a
+    pipe of its own (log lines would break the target). So one shared pipe means the
+    run is a check, and its jobs must not be submitted: the SIGTERM would come just
+    too late to stop a billed submit.
+
+    Returns:
+        Whether this run should spend nothing.
+    """
+    try:
+        out, err = os.fstat(1), os.fstat(2)
+    except OSError:
+        return False
+    return stat.S_ISFIFO(out.st_mode) and (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
 
 
 def report_plan(tap: TapOpenFunnel, plan: Plan) -> None:

@@ -117,16 +117,17 @@ class TapOpenFunnel(Tap):
         )
         return planner.plan()
 
-    def prepare(self, plan: Plan) -> Run:
+    def prepare(self, plan: Plan, *, may_submit: bool = True) -> Run:
         """Set the run up from its plan, before the streams sync.
 
         Args:
             plan: From :meth:`make_plan`.
+            may_submit: False to leave the plan's submits out (a connection check).
 
         Returns:
             The run the streams read their jobs from.
         """
-        self._run = Run(plan, self.api, self.checkpoint, self.settings)
+        self._run = Run(plan, self.api, self.checkpoint, self.settings, may_submit=may_submit)
         return self._run
 
     @property
