@@ -15,6 +15,18 @@ if t.TYPE_CHECKING:
 LOGGER = logging.getLogger("tap-openfunnel")
 
 
+def credits_text(amount: float) -> str:
+    """Credits as people write them: ``1,484``, or ``12.5`` when not whole.
+
+    Args:
+        amount: A number of credits (the API sends whole numbers as floats too).
+
+    Returns:
+        The amount with thousands separators and no trailing ``.0``.
+    """
+    return f"{amount:,.0f}" if float(amount).is_integer() else f"{amount:,.2f}".rstrip("0")
+
+
 class BudgetGuard:
     """Cancels a submitted TAM build once this run's spend passes ``max_credits``.
 

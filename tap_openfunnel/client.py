@@ -23,6 +23,7 @@ from tap_openfunnel.exceptions import (
     ApiError,
     ConfigurationError,
     RetriesExhaustedError,
+    UnreachableError,
 )
 from tap_openfunnel.responses import fatal_error, parse_retry_after
 
@@ -74,11 +75,15 @@ class RetryPolicy:
         max_retries: Retries after the first attempt.
         max_wait: The longest single wait between attempts, in seconds.
         base_wait: The first backoff step, doubled each retry (with full jitter).
+        retry_unreachable: Retry when no connection could be opened (refused, unknown
+            host, connect timeout). A sync rides out a network blip; the connection
+            test answers at once, since "nothing is there" is its answer.
     """
 
     max_retries: int = 8
     max_wait: float = 120.0
     base_wait: float = 1.0
+    retry_unreachable: bool = True
 
     def wait_for(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based).
@@ -313,6 +318,8 @@ class OpenFunnelClient:
             lambda: self.retry.waits(rng),
             RetriableError,
             max_tries=retries + 1,
+            # The connection test's policy: no connection at all is an answer.
+            giveup=lambda exc: not exc.sent and not self.retry.retry_unreachable,
             jitter=None,
             on_backoff=log_retry,
             logger=None,
@@ -320,6 +327,12 @@ class OpenFunnelClient:
         try:
             return retrying()
         except RetriableError as exc:
+            if not exc.sent and not self.retry.retry_unreachable:
+                msg = (
+                    f"{method} {path}: could not connect to {self.api_url}: {exc.reason}. "
+                    "Check 'api_url' and that the machine can reach it (DNS, firewall, proxy)."
+                )
+                raise UnreachableError(msg, path=path) from None
             last = f"HTTP {exc.status}" if exc.status else exc.reason
             msg = (
                 f"{method} {path} still failed after {retries} retries (last: {last}). "
@@ -419,7 +432,10 @@ class OpenFunnelClient:
 def _describe(exc: requests.exceptions.ConnectionError) -> str:
     cause = exc.args[0] if exc.args else exc
     reason = getattr(cause, "reason", cause)
-    return f"connection error ({type(reason).__name__})"
+    # The OS's own words ("Connection refused", "Name or service not known").
+    detail = getattr(reason.__cause__, "strerror", None) if reason is not None else None
+    name = type(reason).__name__
+    return f"connection error ({name}: {detail})" if detail else f"connection error ({name})"
 
 
 def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:

@@ -52,6 +52,10 @@ class RetriesExhaustedError(ApiError):
     """A retriable failure (429, 5xx, network) outlasted the retry budget."""
 
 
+class UnreachableError(ApiError):
+    """No connection could be opened, and the retry policy says not to retry that."""
+
+
 class MalformedPageError(ApiError):
     """A poll answer whose page cannot be read (``rows`` is not a list, say)."""
 

@@ -8,6 +8,7 @@ import typing as t
 from dataclasses import dataclass
 from enum import Enum
 
+from tap_openfunnel.budget import credits_text
 from tap_openfunnel.exceptions import NotFoundError, OpenFunnelError
 
 if t.TYPE_CHECKING:
@@ -308,7 +309,7 @@ def budget_problem(
     if credits_left is not None and (worst > credits_left or credits_left <= 0):
         tam = any(entry.worst_case_credits is None for entry in entries)
         return (
-            f"The account has {credits_left:,.1f} credits left, but the jobs about to be "
+            f"The account has {credits_text(credits_left)} credits left, but the jobs about to be "
             f"submitted ({labels}) could cost up to {worst:,.0f}"
             f"{' plus what the TAM builds deliver' if tam else ''}. Nothing was submitted. "
             "Top up the account or lower the searches' 'limit'."

@@ -64,17 +64,21 @@ class Run:
         checkpoint: The writer of every job's state.
         settings: The tap's settings.
         poller_factory: Builds the poller (tests inject a fake clock and sleep).
+        may_submit: False leaves the plan's submits out (the run is a check).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the run's collaborators, passed in for tests
         self,
         plan: Plan,
         api: JobAPI,
         checkpoint: Checkpoint,
         settings: Settings,
         poller_factory: Callable[..., JobPoller] = JobPoller,
+        *,
+        may_submit: bool = True,
     ) -> None:
         self.plan = plan
+        self.may_submit = may_submit
         self.api = api
         self.checkpoint = checkpoint
         self.settings = settings
@@ -108,6 +112,14 @@ class Run:
             self._to_read.setdefault(planned.stream_name, [])
             if planned.action is Action.SKIP:
                 LOGGER.info("%s: %s; skipping.", planned.label, planned.reason)
+                continue
+            if planned.action in SUBMITTING and not self.may_submit:
+                LOGGER.warning(
+                    "%s: not submitted: stdout and stderr are one pipe, as under 'meltano "
+                    "config test', which stops the tap at its first record. A run into a "
+                    "target submits it.",
+                    planned.label,
+                )
                 continue
             job_id = self._submit(planned) if planned.action in SUBMITTING else planned.job_id
             assert job_id is not None  # noqa: S101 - only submits are planned without an id

@@ -216,6 +216,13 @@ def setting(config: Mapping[str, t.Any], name: str) -> t.Any:  # noqa: ANN401 - 
     return DEFAULTS.get(name) if given is None else given
 
 
+MISSING_API_KEY = (
+    "Setting 'api_key' is missing or empty. Set it in the tap's config, in the "
+    "environment variable TAP_OPENFUNNEL_API_KEY, or with `meltano config set "
+    "tap-openfunnel api_key ...`; keys look like 'of_...'."
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """The config, validated and typed, with defaults filled in."""
@@ -267,11 +274,7 @@ class Settings:
         """
         api_key = config.get("api_key")
         if not isinstance(api_key, str) or not api_key.strip():
-            msg = (
-                "Setting 'api_key' is missing or empty. Set it in the tap's config or in "
-                "the environment variable TAP_OPENFUNNEL_API_KEY; keys look like 'of_...'."
-            )
-            raise ConfigurationError(msg)
+            raise ConfigurationError(MISSING_API_KEY)
         api_key = api_key.strip()
         if not _PRINTABLE_ASCII.fullmatch(api_key):
             # The key is never echoed, not even in part: say what is wrong with it.

@@ -58,6 +58,9 @@ class TapOpenFunnel(Tap):
         PluginCapabilities.STREAM_MAPS,
         PluginCapabilities.FLATTENING,
         PluginCapabilities.BATCH,
+        # Meltano 4 parses the SDK's JSON log lines (and so shows warnings as warnings)
+        # only for plugins that declare this.
+        PluginCapabilities.STRUCTURED_LOGGING,
     ]
 
     _run: Run | None = None
@@ -114,16 +117,17 @@ class TapOpenFunnel(Tap):
         )
         return planner.plan()
 
-    def prepare(self, plan: Plan) -> Run:
+    def prepare(self, plan: Plan, *, may_submit: bool = True) -> Run:
         """Set the run up from its plan, before the streams sync.
 
         Args:
             plan: From :meth:`make_plan`.
+            may_submit: False to leave the plan's submits out (a connection check).
 
         Returns:
             The run the streams read their jobs from.
         """
-        self._run = Run(plan, self.api, self.checkpoint, self.settings)
+        self._run = Run(plan, self.api, self.checkpoint, self.settings, may_submit=may_submit)
         return self._run
 
     @property
@@ -172,6 +176,14 @@ class TapOpenFunnel(Tap):
             return
         cli.connection_test(cli.build(cls, ctx.params.get("config")))
         ctx.exit(0)
+
+    @classmethod
+    @override
+    def cb_discover(cls, ctx: click.Context, param: click.Option, value: bool) -> None:
+        # The SDK's discovery only warns "Config validation failed" on a bad config.
+        if value:
+            cli.discover(cls, ctx.params.get("config"))
+            ctx.exit()
 
     @classmethod
     @override

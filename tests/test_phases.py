@@ -172,7 +172,7 @@ def test_a_job_both_configured_and_remembered_is_planned_once():
             id="cap",
         ),
         pytest.param(
-            {"lookalike_searches": [{"query": "a", "limit": 900}]}, 100, "100.0", id="balance"
+            {"lookalike_searches": [{"query": "a", "limit": 900}]}, 100, "100 credits", id="balance"
         ),
     ],
 )

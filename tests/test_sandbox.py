@@ -626,6 +626,15 @@ def test_lookalike_rows_have_the_bulk_shape(server, http):
     }
 
 
+def test_unseeded_servers_never_repeat_job_ids(http):
+    ids = []
+    for _ in range(2):
+        with FakeOpenFunnel() as server:
+            ids += [post(server, http, TAM, {"query": "q"}).json()["job_id"] for _ in range(3)]
+            ids.append(server.add_job(JobSpec(kind="tam")))
+    assert len(set(ids)) == len(ids) == 8
+
+
 def test_same_seed_gives_same_job_ids(http):
     ids = []
     for _ in range(2):

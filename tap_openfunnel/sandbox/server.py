@@ -63,7 +63,10 @@ class FakeOpenFunnel:
         latency: Seconds slept before answering each API request.
         page_size: Rows per page for jobs whose spec does not set one.
         credits_total: The account's credit allowance.
-        seed: Seed of job ids (and nothing else: rows derive from job ids).
+        seed: Seed of job ids (and nothing else: rows derive from job ids). None, the
+            default, draws one, so a restarted server never hands out an id that an
+            earlier one did (and that a tap's state may already mark as read); tests
+            that want the same ids every run pass a seed.
         host: Loopback address to bind.
         port: Port to bind; 0 picks a free one.
         cancel_seconds: How long a cancelled job stays ``cancelling``.
@@ -82,7 +85,7 @@ class FakeOpenFunnel:
         latency: float = 0.0,
         page_size: int = 100,
         credits_total: float = 1_000_000.0,
-        seed: int = 0,
+        seed: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         cancel_seconds: float = 0.3,
