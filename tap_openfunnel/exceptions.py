@@ -106,3 +106,7 @@ class PageSequenceError(JobError):
 
 class RowCountMismatchError(JobError):
     """Rows read disagree with the manifest and ``strict_row_count`` is on."""
+
+
+class ChangedShapeError(JobError):
+    """A page's rows lack the fields that identify a company and ``strict_row_shape`` is on."""

@@ -174,6 +174,25 @@ CONFIG_SCHEMA = th.PropertiesList(
         title="Strict row count",
         description="Fail a job whose rows read disagree with its manifest, instead of warning.",
     ),
+    th.Property(
+        "keep_unknown_fields",
+        th.BooleanType(),
+        default=True,
+        title="Keep unknown fields",
+        description="Keep what the API sends and the schemas do not name: unknown row "
+        "fields in each company record's _extra object, and in the jobs stream the whole "
+        "manifest (manifest) and unknown poll answer fields (_extra). Off: they are "
+        "dropped, with a warning naming them, and those columns are not declared.",
+    ),
+    th.Property(
+        "strict_row_shape",
+        th.BooleanType(),
+        default=False,
+        title="Strict row shape",
+        description="Fail a job when most rows of a page lack the fields that identify a "
+        "company (name, domain) yet carry others (a changed API), instead of warning. "
+        "State stays before that page.",
+    ),
 ).to_dict()
 
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
@@ -181,6 +200,20 @@ _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 DEFAULTS: dict[str, t.Any] = {
     name: spec.get("default") for name, spec in CONFIG_SCHEMA["properties"].items()
 }
+
+
+def setting(config: Mapping[str, t.Any], name: str) -> t.Any:  # noqa: ANN401 - JSON values
+    """One setting's value, or its default (defaults live in one place: the schema).
+
+    Args:
+        config: The tap's config.
+        name: The setting.
+
+    Returns:
+        The value.
+    """
+    given = config.get(name)
+    return DEFAULTS.get(name) if given is None else given
 
 
 MISSING_API_KEY = (
@@ -210,6 +243,8 @@ class Settings:
     max_retries: int
     max_retry_wait: float
     strict_row_count: bool
+    keep_unknown_fields: bool
+    strict_row_shape: bool
 
     dry_run: bool
 
@@ -252,9 +287,7 @@ class Settings:
             raise ConfigurationError(msg)
 
         def value(name: str) -> t.Any:  # noqa: ANN401 - JSON values
-            # Defaults live in one place: the schema.
-            given = config.get(name)
-            return DEFAULTS.get(name) if given is None else given
+            return setting(config, name)
 
         refresh = value("refresh_after")
         max_credits = value("max_credits")
@@ -277,6 +310,8 @@ class Settings:
             max_retries=int(value("max_retries")),
             max_retry_wait=float(value("max_retry_wait")),
             strict_row_count=bool(value("strict_row_count")),
+            keep_unknown_fields=bool(value("keep_unknown_fields")),
+            strict_row_shape=bool(value("strict_row_shape")),
             dry_run=bool(value("dry_run")),
         )
 

@@ -13,11 +13,18 @@ from pathlib import Path
 from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
-from tap_openfunnel.exceptions import ApiError, AuthenticationError, JobError, PageSequenceError
+from tap_openfunnel.exceptions import (
+    ApiError,
+    AuthenticationError,
+    ChangedShapeError,
+    JobError,
+    PageSequenceError,
+)
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.pagination import MAX_PAGES_WITHOUT_MANIFEST as MAX_PAGES
 from tap_openfunnel.pagination import PageReader, page_name
-from tap_openfunnel.records import RowShaper
+from tap_openfunnel.records import EXTRA_FIELD, RowShaper, keep_json
+from tap_openfunnel.settings import setting
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -63,14 +70,25 @@ class OpenFunnelStream(Stream):
     # time per record (see benchmarks/profile_tap.py).
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
 
+    # The JSON columns that keep what the schema does not name (keep_unknown_fields).
+    kept_columns: t.ClassVar[tuple[str, ...]] = (EXTRA_FIELD,)
+
     def __init__(self, tap: TapOpenFunnel) -> None:
         """Create the stream with its schema file.
 
         Args:
             tap: The tap.
         """
-        super().__init__(tap, schema=load_schema(self.name))
-        self._shaper = RowShaper(self.schema)
+        schema = load_schema(self.name)
+        # Read from the config, not tap.settings: discovery must work without a key.
+        if not setting(tap.config, "keep_unknown_fields"):
+            for column in self.kept_columns:
+                schema["properties"].pop(column, None)
+        super().__init__(tap, schema=schema)
+        self._shaper = RowShaper(
+            self.schema,
+            strict_shape=bool(setting(tap.config, "strict_row_shape")),
+        )
 
 
 class CompanyStream(OpenFunnelStream):
@@ -146,17 +164,25 @@ class CompanyStream(OpenFunnelStream):
                 cursor = page.next_cursor
                 checkpoint.page_read(job_id, next_cursor=cursor, rows_read=rows_total)
                 run.page_read(job_id, len(page.rows))
+        except ChangedShapeError as exc:
+            # Raised before the page's first record: state stays before that page.
+            run.fail(exc)
+            return
         except PageSequenceError as exc:
+            failure: JobError = exc
             if exc.page is not None:
                 # Its rows are sound, its next_cursor is not: deliver them, but leave
                 # state before this page (a rerun sends them again, with the same ranks).
-                yield from self._shaper.records(
-                    exc.page.rows,
-                    job_id=job_id,
-                    page=exc.page.name or cursor or page_name(0),
-                    first_rank=rows_total + 1,
-                )
-            run.fail(exc)
+                try:
+                    yield from self._shaper.records(
+                        exc.page.rows,
+                        job_id=job_id,
+                        page=exc.page.name or cursor or page_name(0),
+                        first_rank=rows_total + 1,
+                    )
+                except ChangedShapeError as shape:
+                    failure = shape
+            run.fail(failure)
             return
         except AuthenticationError:
             raise  # the key itself: every other job would fail the same way
@@ -222,6 +248,21 @@ _MANIFEST_FIELDS = (
     "rerank_degraded",
 )
 _PROGRESS_FIELDS = ("processed", "progress_message", "bands_done", "bands_total")
+# Every top-level field of a poll answer the tap reads (§3.2, §4.2); others go to _extra.
+_POLL_FIELDS = frozenset(
+    {
+        "job_id",
+        "status",
+        "manifest",
+        "error_message",
+        "rows",
+        "page",
+        "next_cursor",
+        "count",
+        "degraded",
+        *_PROGRESS_FIELDS,
+    },
+)
 
 
 class JobsStream(OpenFunnelStream):
@@ -233,6 +274,7 @@ class JobsStream(OpenFunnelStream):
 
     name = "jobs"
     primary_keys: t.ClassVar[list[str]] = ["job_id"]
+    kept_columns: t.ClassVar[tuple[str, ...]] = ("manifest", EXTRA_FIELD)
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
@@ -255,7 +297,33 @@ class JobsStream(OpenFunnelStream):
             }
             record.update({name: body.get(name) for name in _PROGRESS_FIELDS})
             record.update({name: manifest.get(name) for name in _MANIFEST_FIELDS})
+            record.update(self._kept(job.job_id, body, manifest))
             yield self._shaper.conform(record)
+            self._shaper.report(job.job_id)
+
+    def _kept(
+        self,
+        job_id: str,
+        body: Mapping[str, t.Any],
+        manifest: Mapping[str, t.Any],
+    ) -> dict[str, t.Any]:
+        """The whole manifest and the poll answer's unknown fields, made safe."""
+        shaper = self._shaper
+        unknown = {name: value for name, value in body.items() if name not in _POLL_FIELDS}
+        shaper.note_unknown(unknown, job_id=job_id, where="the jobs stream's _extra column")
+        shaper.note_unknown(
+            [f"manifest.{name}" for name in manifest if name not in _MANIFEST_FIELDS],
+            job_id=job_id,
+            where="the jobs stream's manifest column",
+        )
+        if not shaper.keep_unknown:
+            return {}
+        kept: dict[str, t.Any] = {"manifest": None, EXTRA_FIELD: None}
+        for column, value in (("manifest", manifest), (EXTRA_FIELD, unknown)):
+            if value:
+                kept[column], dropped = keep_json(dict(value))
+                shaper.dropped_kept += dropped
+        return kept
 
 
 class CreditsBalanceStream(OpenFunnelStream):

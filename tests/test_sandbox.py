@@ -534,6 +534,20 @@ def test_quirk_extra_fields(server, http):
     assert "schema_version" in body["manifest"]
 
 
+def test_quirk_renamed_fields_from_the_jobs_half_on(server, http):
+    job_id, _ = _quirky(server, http, "renamed_fields", rows=250)
+    rows = [row for page in walk(server, http, "tam", job_id) for row in page["rows"]]
+    assert all("name" in row and "company_name" not in row for row in rows[:125])
+    assert all({"company_name", "website"} <= row.keys() for row in rows[125:])
+    assert not any("name" in row or "domain" in row for row in rows[125:])
+
+
+def test_quirk_new_manifest_field(server, http):
+    _, body = _quirky(server, http, "new_manifest_field")
+    assert body["manifest"]["credits_refunded"] == 7
+    assert "credits_refunded" not in body["rows"][0]
+
+
 def test_quirk_empty_page_with_cursor(server, http):
     job_id, _ = _quirky(server, http, "empty_page_with_cursor")
     pages = walk(server, http, "tam", job_id)
