@@ -243,8 +243,6 @@ class Settings:
     max_retries: int
     max_retry_wait: float
     strict_row_count: bool
-    keep_unknown_fields: bool
-    strict_row_shape: bool
 
     dry_run: bool
 
@@ -310,8 +308,6 @@ class Settings:
             max_retries=int(value("max_retries")),
             max_retry_wait=float(value("max_retry_wait")),
             strict_row_count=bool(value("strict_row_count")),
-            keep_unknown_fields=bool(value("keep_unknown_fields")),
-            strict_row_shape=bool(value("strict_row_shape")),
             dry_run=bool(value("dry_run")),
         )
 
