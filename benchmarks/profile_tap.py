@@ -22,10 +22,10 @@ HERE = Path(__file__).resolve().parent
 STEPS = (
     (
         "fetch page bodies (main thread), server wait included",
-        "tap_openfunnel/registry.py",
+        "tap_openfunnel/api.py",
         "page_body",
     ),
-    ("decode pages (msgspec), re-fetching bad bodies", "tap_openfunnel/registry.py", "read_page"),
+    ("decode pages (msgspec), re-fetching bad bodies", "tap_openfunnel/api.py", "read_page"),
     ("row shaping (tap RowShaper)", "tap_openfunnel/records.py", "records"),
     (
         "RECORD messages (tap SelectedRecordMessages)",

@@ -7,7 +7,7 @@
 # companies and one lookalike job of 250) on a free loopback port, points the tap at it,
 # loads output/demo.duckdb and fails unless every row arrived. With
 # TAP_OPENFUNNEL_API_KEY set, the same pipeline runs against the real API with your
-# settings (TAP_OPENFUNNEL_TAM_JOB_IDS='["..."]', `meltano config tap-openfunnel set ...`)
+# settings (TAP_OPENFUNNEL_TAM_JOB_IDS='["..."]', `meltano config set tap-openfunnel ...`)
 # and loads output/warehouse.duckdb.
 #
 # Expects .venv (the project) and .meltano-venv (Meltano and its plugins) to exist:
@@ -62,6 +62,9 @@ settings = {
     "API_KEY": info["api_key"],
     "TAM_JOB_IDS": json.dumps(info["tam_job_ids"]),
     "LOOKALIKE_JOB_IDS": json.dumps(info["lookalike_job_ids"]),
+    # Only the sample jobs: entries you configured for the real API are not submitted.
+    "TAM_BUILDS": "[]",
+    "LOOKALIKE_SEARCHES": "[]",
 }
 for name, value in settings.items():
     print(f"export TAP_OPENFUNNEL_{name}={shlex.quote(value)}")
@@ -70,8 +73,8 @@ PY
     echo "    $TAP_OPENFUNNEL_API_URL  TAM job $TAP_OPENFUNNEL_TAM_JOB_IDS  lookalike job $TAP_OPENFUNNEL_LOOKALIKE_JOB_IDS"
     export TARGET_DUCKDB_FILEPATH="$PWD/output/demo.duckdb"
     rm -f "$TARGET_DUCKDB_FILEPATH" "$TARGET_DUCKDB_FILEPATH.wal"
-    # The sandbox's jobs are the same every time: a state id of its own and a full
-    # refresh keep them out of the real pipeline's state and re-extract them each run.
+    # A state id of its own keeps the sandbox's jobs out of the real pipeline's state;
+    # the sandbox draws new job ids on every start, and a full refresh ignores old state.
     run_args=(run --state-id-suffix sandbox --full-refresh tap-openfunnel target-duckdb)
     show_args=(--expect "tam_companies=$TAM_ROWS" --expect "lookalike_companies=$LOOKALIKE_ROWS" --expect jobs=2)
 else
@@ -82,17 +85,23 @@ fi
 log="$DEMO_DIR/meltano-run.log"
 echo "==> meltano ${run_args[*]}   (full log: $log)"
 started=$SECONDS
-if ! "$MELTANO" "${run_args[@]}" > "$log" 2>&1; then
-    echo "meltano run failed; the end of $log:" >&2
+# Meltano's output goes to the log whole and, as it happens, to the screen filtered to
+# the lines a person follows: the tap's job progress, warnings and summary, the loads.
+set +e
+"$MELTANO" "${run_args[@]}" 2>&1 | tee "$log" \
+    | grep --line-buffered -E "tap-openfunnel|target-duckdb +Loading|Run completed|\[(warning|error)" \
+    | grep --line-buffered -vE "METRIC|Skipping parse of env var|Beginning sync|Meltano SDK v" \
+    | sed -u -E 's/^[^ ]+ +\[([a-z]+) *\] +/    \1  /'
+meltano_status=${PIPESTATUS[0]}
+set -e
+if [[ "$meltano_status" != 0 ]]; then
+    echo "meltano run failed (exit $meltano_status); the end of $log:" >&2
     tail -n 40 "$log" >&2
     exit 1
 fi
-# The lines a person follows: the tap's job progress, warnings and summary, the loads.
-grep -E "tap-openfunnel|target-duckdb +Loading|Run completed" "$log" \
-    | grep -vE "METRIC|Skipping parse of env var|Beginning sync|Meltano SDK v" \
-    | sed -E 's/^[^ ]+ +\[([a-z]+) *\] +/    \1  /' || true
 echo "==> Done in $((SECONDS - started)) s. What landed in DuckDB:"
-"$DUCKDB_PYTHON" scripts/show_duckdb.py "$TARGET_DUCKDB_FILEPATH" "${show_args[@]}"
+# Relative to the checkout when inside it: the same output on every machine.
+"$DUCKDB_PYTHON" scripts/show_duckdb.py "${TARGET_DUCKDB_FILEPATH#"$PWD"/}" "${show_args[@]}"
 if [[ ${#show_args[@]} -gt 0 ]]; then
     echo "==> OK: every row of the sample jobs arrived ($TAM_ROWS TAM companies, $LOOKALIKE_ROWS lookalikes)."
 elif grep -q "in an earlier run; skipping" "$log"; then

@@ -1,24 +1,30 @@
-"""Spending: the up-front budget check, and the brake on TAM builds while they run."""
+"""Spending while jobs run: the brake on TAM builds that pass ``max_credits``."""
 
 from __future__ import annotations
 
 import logging
 import typing as t
 
-from tap_openfunnel.exceptions import OpenFunnelError
 from tap_openfunnel.jobs import JobType
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from tap_openfunnel.jobs import JobSnapshot
-    from tap_openfunnel.submit import BuildEntry
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
 
-class BudgetError(OpenFunnelError):
-    """Submitting would exceed the balance or ``max_credits``; nothing was submitted."""
+def credits_text(amount: float) -> str:
+    """Credits as people write them: ``1,484``, or ``12.5`` when not whole.
+
+    Args:
+        amount: A number of credits (the API sends whole numbers as floats too).
+
+    Returns:
+        The amount with thousands separators and no trailing ``.0``.
+    """
+    return f"{amount:,.0f}" if float(amount).is_integer() else f"{amount:,.2f}".rstrip("0")
 
 
 class BudgetGuard:
@@ -75,41 +81,3 @@ class BudgetGuard:
             cap,
         )
         self._cancel(snapshot.job_id)
-
-
-def check_budget(
-    entries: Sequence[BuildEntry],
-    *,
-    credits_left: float | None,
-    max_credits: float | None,
-) -> None:
-    """Refuse, before any submit, what the balance or the cap cannot cover.
-
-    Args:
-        entries: The entries about to be submitted.
-        credits_left: The account balance (None: unknown).
-        max_credits: The per-run cap (None: none).
-
-    Raises:
-        BudgetError: Naming the shortfall.
-    """
-    if not entries:
-        return
-    worst = sum(entry.worst_case_credits or 0.0 for entry in entries)
-    labels = ", ".join(entry.label for entry in entries)
-    if max_credits is not None and worst > max_credits:
-        msg = (
-            f"The searches about to be submitted ({labels}) could cost up to {worst:,.0f} "
-            f"credits, above max_credits ({max_credits:,.0f}). Nothing was submitted. Lower "
-            "their 'limit', or raise 'max_credits'."
-        )
-        raise BudgetError(msg)
-    if credits_left is not None and (worst > credits_left or credits_left <= 0):
-        tam = any(entry.worst_case_credits is None for entry in entries)
-        msg = (
-            f"The account has {credits_left:,.1f} credits left, but the jobs about to be "
-            f"submitted ({labels}) could cost up to {worst:,.0f}"
-            f"{' plus what the TAM builds deliver' if tam else ''}. Nothing was submitted. "
-            "Top up the account or lower the searches' 'limit'."
-        )
-        raise BudgetError(msg)

@@ -5,14 +5,31 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 import typing as t
 
-from tap_openfunnel.client import BALANCE_PATH
+from singer_sdk.exceptions import ConfigValidationError
+
+from tap_openfunnel.api import BALANCE_PATH
+from tap_openfunnel.budget import credits_text
+from tap_openfunnel.checkpoint import state_problem
+from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
 from tap_openfunnel.exceptions import OpenFunnelError
+from tap_openfunnel.logs import install_reported_error_filter, install_secret_filter
+from tap_openfunnel.settings import MISSING_API_KEY, Settings, check_known_settings
 
 if t.TYPE_CHECKING:
+    from tap_openfunnel.planner import Plan
     from tap_openfunnel.tap import TapOpenFunnel
+
+# The SDK's schema error for an absent key; the tap's own message says what to do.
+_KEY_REQUIRED = "'api_key' is a required property"
+# --test answers within seconds: a short read timeout, and few, short retries of
+# throttling or 5xx (a refused connection or an unknown host is not retried at all).
+_TEST_TIMEOUT = 10.0
+_TEST_RETRIES = 2
+_TEST_MAX_WAIT = 3.0
 
 
 def fail(logger: logging.Logger, message: str) -> t.NoReturn:
@@ -26,86 +43,241 @@ def fail(logger: logging.Logger, message: str) -> t.NoReturn:
     sys.exit(1)
 
 
-def build(
+def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
     tap_class: type[TapOpenFunnel],
     config: t.Any,  # noqa: ANN401 - the SDK's private _ConfigInput
     *,
     state: t.IO[str] | None = None,
     catalog: t.IO[str] | None = None,
+    require_api_key: bool = True,
+    setup_mapper: bool = True,
 ) -> TapOpenFunnel:
-    """Create the tap from the CLI's inputs, failing cleanly on unreadable JSON.
+    """Create the tap from the CLI's inputs, failing cleanly on unusable files or config.
 
     Args:
         tap_class: The tap class.
         config: The parsed ``--config`` input, if any.
         state: The ``--state`` file, if any.
         catalog: The ``--catalog`` file, if any.
+        require_api_key: False for discovery, which sends no request.
+        setup_mapper: False for discovery, as the SDK does.
 
     Returns:
         The tap.
     """
+    raw = config.config if config is not None else {}
+    # Before anything can echo it (the SDK's own config validation included).
+    key = raw.get("api_key") if isinstance(raw, dict) else None
+    install_secret_filter(str(key or os.environ.get("TAP_OPENFUNNEL_API_KEY", "")).strip())
     try:
-        return tap_class(
-            config=config.config if config is not None else None,
-            state=None if state is None else json.loads(state.read()),
-            catalog=None if catalog is None else json.loads(catalog.read()),
-            parse_env_config=config.parse_env if config is not None else False,
-            validate_config=True,
-        )
-    except ValueError as exc:
+        state_value = None if state is None else json.loads(state.read())
+        catalog_value = None if catalog is None else json.loads(catalog.read())
+    except (ValueError, RecursionError) as exc:
         fail(
             tap_class.logger,
-            f"A config, state or catalog file given to the tap is not valid JSON ({exc}). "
-            "Fix the file, or pass a state file that a previous run wrote.",
+            f"A state or catalog file given to the tap is not valid JSON ({exc}). Fix the "
+            "file, or pass a state file that a previous run wrote.",
         )
+    problem = None if state_value is None else state_problem(state_value)
+    if problem is not None:
+        fail(
+            tap_class.logger,
+            f"The state given with --state is not one this tap wrote: {problem}. Fix or "
+            "remove that entry, or start from a clean state ('meltano state clear "
+            "<state id>', or no --state). A clean state reads every configured job again "
+            "and submits every tam_builds / lookalike_searches entry again (billed) unless "
+            "you attach their jobs by id in 'tam_job_ids' / 'lookalike_job_ids'.",
+        )
+
+    def create(*, validate: bool) -> TapOpenFunnel:
+        return tap_class(
+            config=config.config if config is not None else None,
+            state=state_value,
+            catalog=catalog_value,
+            parse_env_config=config.parse_env if config is not None else False,
+            validate_config=validate,
+            setup_mapper=setup_mapper,
+        )
+
+    try:
+        return create(validate=True)
+    except ConfigValidationError as exc:
+        errors = [error for error in exc.errors if not _about_api_key(error)]
+        if errors:
+            key = f" {MISSING_API_KEY}" if len(errors) < len(exc.errors) else ""
+            fail(
+                tap_class.logger,
+                f"Config validation failed: {'; '.join(errors)}. Fix the setting(s) "
+                f"named (`tap-openfunnel --about` lists every setting and its type); "
+                f"nothing was sent to the API.{key}",
+            )
+        if require_api_key:
+            fail(tap_class.logger, MISSING_API_KEY)
+        # The SDK re-validates and warns a bare "Config validation failed"; the caller
+        # says what is missing instead.
+        quiet = _DropMessage("Config validation failed")
+        tap_class.logger.addFilter(quiet)
+        try:
+            return create(validate=False)
+        finally:
+            tap_class.logger.removeFilter(quiet)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != self.message
+
+
+def _about_api_key(error: str) -> bool:
+    return error == _KEY_REQUIRED or error.endswith("in config['api_key']")
+
+
+def discover(
+    tap_class: type[TapOpenFunnel],
+    config: t.Any,  # noqa: ANN401 - the SDK's private _ConfigInput
+) -> None:
+    """Print the catalog; refuse a config that a sync would refuse, except a missing key.
+
+    The catalog is static and discovery sends no request, so a missing ``api_key`` only
+    warns: Meltano discovers before ``meltano select --list``, which should work before
+    the key is set. A misspelt setting or a malformed entry fails here, since Meltano
+    also discovers before every run and this is the earliest place to say so.
+
+    Args:
+        tap_class: The tap class.
+        config: The parsed ``--config`` input, if any.
+    """
+    tap = build(tap_class, config, require_api_key=False, setup_mapper=False)
+    try:
+        if tap.config.get("api_key"):
+            tap.settings  # noqa: B018 - the same checks as a sync
+        else:
+            check_known_settings(tap.config, tap.config_jsonschema["properties"])
+            Settings.from_config({**tap.config, "api_key": "unset"})
+            tap.logger.warning(
+                "Setting 'api_key' is not set: the catalog needs no API call, so it is "
+                "printed, but a sync or --test fails until the key is set."
+            )
+    except OpenFunnelError as exc:
+        fail(tap.logger, str(exc))
+    tap.run_discovery()
 
 
 def sync(tap: TapOpenFunnel) -> None:
-    """Run the sync; jobs that could not be extracted fail it after the others landed.
+    """Config, then plan, then the streams; jobs that failed fail the run after the others.
 
     Args:
         tap: The tap.
     """
+    install_reported_error_filter()
     try:
-        tap.settings  # noqa: B018 - check the settings before any stream starts
+        tap.settings  # noqa: B018 - check the settings before anything is sent
+        plan = tap.make_plan()
+        if tap.settings.dry_run:
+            report_plan(tap, plan)
+            return
+        plan.check_budget()
+        run = tap.prepare(plan, may_submit=not output_is_a_check())
         tap.sync_all()
-        tap.registry.log_summary()
-        tap.registry.raise_for_failures()
+        run.log_summary()
+        run.raise_for_failures()
     except OpenFunnelError as exc:
         fail(tap.logger, str(exc))
 
 
+def output_is_a_check() -> bool:
+    """True when stdout and stderr are one pipe: a reader of the first record, not a target.
+
+    ``meltano config test`` reads the tap's stdout and stderr through one pipe and stops
+    the tap (SIGTERM) at the first RECORD; with a target on the other end, stdout is a
+    pipe of its own (log lines would break the target). So one shared pipe means the
+    run is a check, and its jobs must not be submitted: the SIGTERM would come just
+    too late to stop a billed submit.
+
+    Returns:
+        Whether this run should spend nothing.
+    """
+    try:
+        out, err = os.fstat(1), os.fstat(2)
+    except OSError:
+        return False
+    return stat.S_ISFIFO(out.st_mode) and (out.st_dev, out.st_ino) == (err.st_dev, err.st_ino)
+
+
+def report_plan(tap: TapOpenFunnel, plan: Plan) -> None:
+    """Print the plan of a dry run on stderr; nothing is submitted, read or written.
+
+    Args:
+        tap: The tap.
+        plan: The run's plan.
+    """
+    lines = [
+        "Dry run: nothing was submitted, no page was read, state is unchanged.",
+        *plan.describe(),
+    ]
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+    tap.logger.info("Dry run finished.")
+
+
 def connection_test(tap: TapOpenFunnel) -> None:
-    """Check the key with one balance call and report the balance.
+    """Check the key with one balance call and report the balance, within seconds.
+
+    A refused connection or an unknown host fails at once, and throttling or a 5xx gets
+    two short retries: a sync retries those for minutes, a connection check should not.
 
     Args:
         tap: The tap.
     """
     try:
-        balance = tap.client.get(BALANCE_PATH)
+        settings = tap.settings
+        client = OpenFunnelClient(
+            api_url=settings.api_url,
+            api_key=settings.api_key,
+            timeout=min(settings.request_timeout, _TEST_TIMEOUT),
+            retry=RetryPolicy(
+                max_retries=min(settings.max_retries, _TEST_RETRIES),
+                max_wait=min(settings.max_retry_wait, _TEST_MAX_WAIT),
+                retry_unreachable=False,
+            ),
+            pool_size=1,
+        )
+        balance = client.get(BALANCE_PATH)
     except OpenFunnelError as exc:
         fail(tap.logger, f"Connection test failed. {exc}")
+    left = balance.get("credits_left")
     tap.logger.info(
         "Connection test passed: %s accepted the API key; %s credits left.",
-        tap.settings.api_url,
-        balance.get("credits_left", "an unknown number of"),
+        settings.api_url,
+        credits_text(left) if isinstance(left, (int, float)) else "an unknown number of",
     )
 
 
 def exit_on_signal(tap: TapOpenFunnel, signum: int) -> t.NoReturn:
-    """Write state, cancel this run's jobs if asked, and exit 128+signal at once.
+    """Write the durable state, cancel this run's jobs if asked, and exit 128+signal at once.
 
     The SDK exits 0, which tells a scheduler all went well; and a normal exit would wait
     for page requests still in flight in the prefetch threads (up to request_timeout).
+    The state written holds only positions the checkpoint has made durable (see
+    :class:`~tap_openfunnel.checkpoint.Checkpoint`): in BATCH mode, records still
+    waiting for their batch file are read again by the next run.
 
     Args:
         tap: The tap.
         signum: The signal received.
     """
     tap.logger.warning("Interrupted by signal %d; writing state and exiting non-zero.", signum)
-    tap.state_writer.write_state(tap.state)
-    if tap.settings.cancel_on_interrupt and "registry" in tap.__dict__:
-        cancelled = tap.registry.cancel_submitted()
+    run = tap.__dict__.get("_run")
+    if "checkpoint" in tap.__dict__:
+        tap.checkpoint.write()
+    else:
+        tap.state_writer.write_state(tap.state)
+    if run is not None and tap.settings.cancel_on_interrupt:
+        cancelled = run.cancel_submitted()
         if cancelled:
             tap.logger.warning("cancel_on_interrupt: asked to cancel %s.", ", ".join(cancelled))
     sys.stdout.flush()

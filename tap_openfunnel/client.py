@@ -4,35 +4,44 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import random
 import threading
-import time
 import typing as t
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import backoff
 import requests
-from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
 
 from tap_openfunnel import __version__
+from tap_openfunnel.deadlines import DeadlineAdapter, deadline
 from tap_openfunnel.decoding import UndecodableBodyError, decode_object
 from tap_openfunnel.exceptions import (
     AmbiguousSubmitError,
     ApiError,
     ConfigurationError,
     RetriesExhaustedError,
+    UnreachableError,
 )
 from tap_openfunnel.responses import fatal_error, parse_retry_after
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Generator, Mapping
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
 T = t.TypeVar("T")
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-BALANCE_PATH = "/api/v1/credits/balance"
+_TOO_MANY_REQUESTS = 429
+# An answer that started and did not finish: worth another try.
+_CUT_SHORT = (
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 
 
 class RetriableError(Exception):
@@ -68,28 +77,48 @@ class RetryPolicy:
         max_retries: Retries after the first attempt.
         max_wait: The longest single wait between attempts, in seconds.
         base_wait: The first backoff step, doubled each retry (with full jitter).
+        retry_unreachable: Retry when no connection could be opened (refused, unknown
+            host, connect timeout). A sync rides out a network blip; the connection
+            test answers at once, since "nothing is there" is its answer.
     """
 
     max_retries: int = 8
     max_wait: float = 120.0
     base_wait: float = 1.0
+    retry_unreachable: bool = True
 
     def wait_for(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based).
 
         Args:
             attempt: Which retry this is.
-            retry_after: The server's own hint, which wins when present.
+            retry_after: The server's own hint, which wins when it is a finite number.
             rng: Source of jitter.
 
         Returns:
             The wait, never above ``max_wait``.
         """
-        if retry_after is not None:
+        if retry_after is not None and math.isfinite(retry_after):
             return min(max(retry_after, 0.0), self.max_wait)
-        ceiling = min(self.base_wait * (2 ** (attempt - 1)), self.max_wait)
+        ceiling = min(self.base_wait * (2 ** min(attempt - 1, 60)), self.max_wait)
         # Full jitter: many taps retrying at once do not hit the API in lockstep.
         return rng.uniform(ceiling / 2, ceiling)
+
+    def waits(self, rng: random.Random) -> Generator[float, RetriableError | None, None]:
+        """A ``backoff`` wait generator: it is sent each failure and yields the next wait.
+
+        Args:
+            rng: Source of jitter.
+
+        Yields:
+            Seconds to wait before each retry.
+        """
+        failure = yield 0.0  # backoff primes the generator with send(None)
+        attempt = 0
+        while True:
+            attempt += 1
+            hint = failure.retry_after if failure is not None else None
+            failure = yield self.wait_for(attempt, hint, rng)
 
 
 def check_api_url(api_url: str) -> str:
@@ -104,12 +133,30 @@ def check_api_url(api_url: str) -> str:
     Raises:
         ConfigurationError: When the URL would send the key in clear text.
     """
-    parts = urlsplit(api_url)
-    host = parts.hostname or ""
+    parts = urlsplit(api_url.strip())
+    try:
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        host = ""
     if parts.scheme not in {"http", "https"} or not host:
         msg = (
             f"Setting 'api_url' must be an absolute http(s) URL such as "
             f"https://api.openfunnel.dev, not {api_url!r}. Fix it in the tap's config."
+        )
+        raise ConfigurationError(msg)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        msg = (
+            "Setting 'api_url' must be a plain base URL such as https://api.openfunnel.dev, "
+            "without a query string, a fragment or credentials. Remove them from the URL."
+        )
+        raise ConfigurationError(msg)
+    if "/api/" in f"{parts.path.rstrip('/')}/":
+        msg = (
+            f"Setting 'api_url' has the path {parts.path!r}, which looks like an endpoint; "
+            "the tap adds '/api/v1/...' itself. Use the base URL only, such as "
+            "https://api.openfunnel.dev (a proxy's own path prefix, like "
+            "https://proxy.example/openfunnel, is fine)."
         )
         raise ConfigurationError(msg)
     if parts.scheme == "http" and not _is_loopback(host):
@@ -119,7 +166,7 @@ def check_api_url(api_url: str) -> str:
             "addresses such as a local fake server."
         )
         raise ConfigurationError(msg)
-    return api_url.rstrip("/")
+    return api_url.strip().rstrip("/")
 
 
 def _is_loopback(host: str) -> bool:
@@ -134,16 +181,19 @@ def _is_loopback(host: str) -> bool:
 class OpenFunnelClient:
     """Every request to the API goes through here.
 
+    Retries are driven by the ``backoff`` library; what stays here is OpenFunnel's
+    part: which failures are worth a retry, that a submit is retried only when no job
+    can exist, Retry-After in its three forms, refusing redirects, and the messages.
+
     Args:
         api_url: Base URL (already checked by :func:`check_api_url`).
         api_key: Sent as ``X-API-Key``; never logged.
         timeout: Read timeout per request, in seconds.
         retry: The retry policy for idempotent requests.
         pool_size: Connections kept open (at least the page concurrency).
-        sleep: Injected in tests so retries do not really wait.
     """
 
-    def __init__(  # noqa: PLR0913 - all keyword-only settings
+    def __init__(
         self,
         *,
         api_url: str,
@@ -151,21 +201,18 @@ class OpenFunnelClient:
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
         pool_size: int = 10,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.api_url = api_url
         self._api_key = api_key
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self._sleep = sleep
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._rng_lock = threading.Lock()
-        self._pool_size = pool_size
-        self.session = self._new_session()
+        self.session = self._new_session(pool_size)
 
-    def _new_session(self) -> requests.Session:
+    def _new_session(self, pool_size: int) -> requests.Session:
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(self._pool_size, 2))
+        adapter = DeadlineAdapter(pool_connections=2, pool_maxsize=max(pool_size, 2))
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update(
@@ -179,10 +226,6 @@ class OpenFunnelClient:
         # neither belongs on these calls.
         session.trust_env = False
         return session
-
-    def close(self) -> None:
-        """Release pooled connections."""
-        self.session.close()
 
     # Public calls -----------------------------------------------------------------
 
@@ -264,6 +307,9 @@ class OpenFunnelClient:
 
         A submit spends credits and carries no idempotency key, so a retry after the
         request may have reached the server could start a second, separately billed job.
+        Each attempt goes out on a connection of its own that has served nothing before:
+        a pooled keep-alive connection that the server has meanwhile closed fails
+        *after* sending, which would make a safe case ambiguous.
 
         Args:
             path: The submit endpoint.
@@ -277,24 +323,23 @@ class OpenFunnelClient:
         """
 
         def attempt() -> dict[str, t.Any]:
-            try:
-                # A fresh connection per submit: a pooled keep-alive connection that
-                # the server has closed fails *after* sending, which is ambiguous.
-                raw = self._send("POST", path, body=body, fresh_connection=True)
-                return _decoded(raw, decode_object)
-            except RetriableError as exc:
-                if exc.status == 429 or not exc.sent:  # noqa: PLR2004
-                    raise
-                what = f"HTTP {exc.status}" if exc.status else exc.reason
-                msg = (
-                    f"Submitting to {path} failed with {what} after the request may have "
-                    "reached OpenFunnel, so a job may have been created (and may spend "
-                    "credits). The tap does not retry a submit that might have landed. "
-                    "Check your OpenFunnel jobs; if one was created, put its job_id in "
-                    "'tam_job_ids' or 'lookalike_job_ids' to extract it without a new "
-                    "submit. Otherwise run the tap again."
-                )
-                raise AmbiguousSubmitError(msg, status=exc.status, path=path) from None
+            with self._new_session(1) as session:
+                try:
+                    raw = self._send("POST", path, body=body, session=session)
+                    return _decoded(raw, decode_object)
+                except RetriableError as exc:
+                    if exc.status == _TOO_MANY_REQUESTS or not exc.sent:
+                        raise
+                    what = f"HTTP {exc.status}" if exc.status else exc.reason
+                    msg = (
+                        f"Submitting to {path} failed with {what} after the request may "
+                        "have reached OpenFunnel, so a job may have been created (and may "
+                        "spend credits). The tap does not retry a submit that might have "
+                        "landed. Check your OpenFunnel jobs; if one was created, put its "
+                        "job_id in 'tam_job_ids' or 'lookalike_job_ids' to extract it "
+                        "without a new submit. Otherwise run the tap again."
+                    )
+                    raise AmbiguousSubmitError(msg, status=exc.status, path=path) from None
 
         return self._with_retries("POST", path, attempt)
 
@@ -306,33 +351,48 @@ class OpenFunnelClient:
         path: str,
         attempt: Callable[[], T],
     ) -> T:
-        retries = 0
-        while True:
-            try:
-                return attempt()
-            except RetriableError as exc:
-                retries += 1
-                if retries > self.retry.max_retries:
-                    last = f"HTTP {exc.status}" if exc.status else exc.reason
-                    msg = (
-                        f"{method} {path} still failed after {self.retry.max_retries} "
-                        f"retries (last: {last}). The API or the network is having "
-                        "trouble; run the tap again later. Raise 'max_retries' or "
-                        "'max_retry_wait' to ride out longer outages."
-                    )
-                    raise RetriesExhaustedError(msg, status=exc.status, path=path) from None
-                with self._rng_lock:
-                    wait = self.retry.wait_for(retries, exc.retry_after, self._rng)
-                LOGGER.warning(
-                    "%s %s: %s; retry %d of %d in %.1f s.",
-                    method,
-                    path,
-                    exc.reason,
-                    retries,
-                    self.retry.max_retries,
-                    wait,
+        retries = self.retry.max_retries
+
+        def log_retry(details: t.Any) -> None:  # noqa: ANN401 - backoff's details dict
+            exc: RetriableError = details["exception"]
+            LOGGER.warning(
+                "%s %s: %s; retry %d of %d in %.1f s.",
+                method,
+                path,
+                exc.reason,
+                details["tries"],
+                retries,
+                details["wait"],
+            )
+
+        with self._rng_lock:
+            rng = random.Random(self._rng.random())  # noqa: S311 - jitter
+        retrying = backoff.on_exception(
+            lambda: self.retry.waits(rng),
+            RetriableError,
+            max_tries=retries + 1,
+            # The connection test's policy: no connection at all is an answer.
+            giveup=lambda exc: not exc.sent and not self.retry.retry_unreachable,
+            jitter=None,
+            on_backoff=log_retry,
+            logger=None,
+        )(attempt)
+        try:
+            return retrying()
+        except RetriableError as exc:
+            if not exc.sent and not self.retry.retry_unreachable:
+                msg = (
+                    f"{method} {path}: could not connect to {self.api_url}: {exc.reason}. "
+                    "Check 'api_url' and that the machine can reach it (DNS, firewall, proxy)."
                 )
-                self._sleep(wait)
+                raise UnreachableError(msg, path=path) from None
+            last = f"HTTP {exc.status}" if exc.status else exc.reason
+            msg = (
+                f"{method} {path} still failed after {retries} retries (last: {last}). "
+                "The API or the network is having trouble; run the tap again later. "
+                "Raise 'max_retries' or 'max_retry_wait' to ride out longer outages."
+            )
+            raise RetriesExhaustedError(msg, status=exc.status, path=path) from None
 
     def _send(
         self,
@@ -341,28 +401,41 @@ class OpenFunnelClient:
         *,
         params: Mapping[str, str] | None = None,
         body: Mapping[str, t.Any] | None = None,
-        fresh_connection: bool = False,
+        session: requests.Session | None = None,
     ) -> bytes:
         url = f"{self.api_url}{path}"
-        headers = {"Connection": "close"} if fresh_connection else None
-        try:
-            response = self.session.request(
-                method,
-                url,
-                params=params,
-                json=body,
-                headers=headers,
-                timeout=(min(self.timeout, 30.0), self.timeout),
-                # A redirect would carry X-API-Key to wherever it points: requests
-                # strips only the Authorization header on cross-host redirects.
-                allow_redirects=False,
-            )
-        except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
-            raise RetriableError(type(exc).__name__, sent=False) from None
-        except requests.exceptions.ConnectionError as exc:
-            raise RetriableError(_describe(exc), sent=not _never_sent(exc)) from None
-        except (requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            raise RetriableError(type(exc).__name__) from None
+        # request_timeout bounds the whole request (connect, headers, whole body), not
+        # only each socket read: a trickled answer cannot hold the run.
+        with deadline(self.timeout) as limit:
+            try:
+                response = (session or self.session).request(
+                    method,
+                    url,
+                    params=params,
+                    json=body,
+                    timeout=(min(self.timeout, 30.0), self.timeout),
+                    # A redirect would carry X-API-Key to wherever it points: requests
+                    # strips only the Authorization header on cross-host redirects.
+                    allow_redirects=False,
+                )
+            except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
+                # Both fail before a request line is written.
+                raise RetriableError(type(exc).__name__, sent=False) from None
+            except requests.exceptions.RequestException as exc:
+                if limit.expired:
+                    reason = f"no complete answer within request_timeout ({self.timeout:g} s)"
+                    raise RetriableError(reason) from None
+                if isinstance(exc, requests.exceptions.ConnectionError):
+                    raise RetriableError(_describe(exc), sent=not _never_sent(exc)) from None
+                if isinstance(exc, _CUT_SHORT):
+                    raise RetriableError(type(exc).__name__) from None
+                # Anything else cannot be fixed by trying again. Its text may quote
+                # the request's headers: name the kind of failure only.
+                msg = (
+                    f"{method} {path} could not be completed ({type(exc).__name__}). "
+                    "Check 'api_url' and the network between the tap and the API."
+                )
+                raise ApiError(msg, path=path) from None
         return self.validate_response(response, path)
 
     def validate_response(self, response: requests.Response, path: str) -> bytes:
@@ -380,9 +453,10 @@ class OpenFunnelClient:
 
         Raises:
             RetriableError: 429 or 5xx.
+            ApiError: A redirect.
         """
         status = response.status_code
-        if status == 429 or status >= 500:  # noqa: PLR2004
+        if status == _TOO_MANY_REQUESTS or status >= 500:  # noqa: PLR2004
             msg = f"HTTP {status}"
             raise RetriableError(
                 msg,
@@ -414,13 +488,18 @@ def _decoded(raw: bytes, decode: Callable[[bytes], T]) -> T:
 def _describe(exc: requests.exceptions.ConnectionError) -> str:
     cause = exc.args[0] if exc.args else exc
     reason = getattr(cause, "reason", cause)
-    return f"connection error ({type(reason).__name__})"
+    # The OS's own words ("Connection refused", "Name or service not known").
+    detail = getattr(reason.__cause__, "strerror", None) if reason is not None else None
+    name = type(reason).__name__
+    return f"connection error ({name}: {detail})" if detail else f"connection error ({name})"
 
 
 def _never_sent(exc: requests.exceptions.ConnectionError) -> bool:
-    """True when the connection failed before the request could be sent (refused, DNS)."""
+    """True when the connection failed before the request could be sent (refused, DNS).
+
+    urllib3 raises NewConnectionError (and its subclass NameResolutionError) only while
+    opening a connection; a reset or a remote close may come after the request went out.
+    """
     cause = exc.args[0] if exc.args else None
-    reason = getattr(cause, "reason", None)
-    # urllib3 wraps connect-phase failures in NewConnectionError (refused, unreachable,
-    # name resolution); anything else (reset, remote closed) may come after sending.
-    return type(reason).__name__ in {"NewConnectionError", "NameResolutionError"}
+    reason = getattr(cause, "reason", cause)
+    return isinstance(reason, NewConnectionError)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing as t
+
 
 class OpenFunnelError(Exception):
     """Base class: the message is one paragraph saying what is wrong and what to do."""
@@ -50,6 +52,14 @@ class RetriesExhaustedError(ApiError):
     """A retriable failure (429, 5xx, network) outlasted the retry budget."""
 
 
+class UnreachableError(ApiError):
+    """No connection could be opened, and the retry policy says not to retry that."""
+
+
+class MalformedPageError(ApiError):
+    """A poll answer whose page cannot be read (``rows`` is not a list, say)."""
+
+
 class AmbiguousSubmitError(ApiError):
     """A submit failed after it may have reached the server: a job may exist."""
 
@@ -80,8 +90,23 @@ class JobNotFoundError(JobError):
 
 
 class PageSequenceError(JobError):
-    """The pages of a terminal job could not be walked (a repeating cursor, say)."""
+    """The pages of a terminal job could not be walked (a repeating cursor, say).
+
+    Args:
+        job_id: The job concerned.
+        message: What went wrong and what to do.
+        page: A page whose rows are sound but whose ``next_cursor`` cannot be followed:
+            its rows may go out, but state must not move past it.
+    """
+
+    def __init__(self, job_id: str, message: str, page: t.Any = None) -> None:  # noqa: ANN401 - a Page; typed loosely to keep this module free of imports
+        super().__init__(job_id, message)
+        self.page = page
 
 
 class RowCountMismatchError(JobError):
     """Rows read disagree with the manifest and ``strict_row_count`` is on."""
+
+
+class ChangedShapeError(JobError):
+    """A page's rows lack the fields that identify a company and ``strict_row_shape`` is on."""

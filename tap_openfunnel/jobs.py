@@ -8,19 +8,21 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 from enum import Enum
-from urllib.parse import quote
 
 from tap_openfunnel.exceptions import (
+    ApiError,
+    AuthenticationError,
+    JobError,
     JobNotFoundError,
     JobTimeoutError,
     NotFoundError,
     RetriesExhaustedError,
 )
+from tap_openfunnel.pagination import Page
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from tap_openfunnel.exceptions import JobError
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
@@ -30,26 +32,6 @@ class JobType(str, Enum):
 
     TAM = "tam_build"
     LOOKALIKE = "lookalike_search"
-
-    @property
-    def base_path(self) -> str:
-        """The submit endpoint; polls and commands live below it."""
-        if self is JobType.TAM:
-            return "/api/v1/tam/build"
-        return "/api/v1/account/search-lookalikes-bulk"
-
-    def job_path(self, job_id: str, command: str = "") -> str:
-        """Path of one job (poll), or of a command on it (``cancel``, ``pause``...).
-
-        Args:
-            job_id: The job.
-            command: Optional command suffix.
-
-        Returns:
-            The path, with the job id escaped.
-        """
-        path = f"{self.base_path}/{quote(job_id, safe='')}"
-        return f"{path}/{command}" if command else path
 
 
 class JobStatus(str, Enum):
@@ -69,48 +51,6 @@ TERMINAL_STATUSES = frozenset(
     status.value for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 )
 KNOWN_STATUSES = frozenset(status.value for status in JobStatus)
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a job's results, as the poll endpoint returned it.
-
-    Attributes:
-        name: The page name the API says it returned (``page``), e.g. ``page_0003``.
-        rows: The company rows (``[]`` when the API sent none or null).
-        next_cursor: The next page's name, or None on the last page written so far.
-    """
-
-    name: str | None
-    rows: list[dict[str, t.Any]]
-    next_cursor: str | None
-
-    @classmethod
-    def from_response(cls, body: Mapping[str, t.Any]) -> Page:
-        """Read the page part of a poll answer, tolerating odd shapes.
-
-        Args:
-            body: The decoded poll answer.
-
-        Returns:
-            The page.
-        """
-        rows = body.get("rows")
-        cursor = body.get("next_cursor")
-        name = body.get("page")
-        kept = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
-        if isinstance(rows, list) and len(kept) < len(rows):
-            LOGGER.warning(
-                "Page %s: %d of its rows are not JSON objects and cannot become records; "
-                "they were skipped (and will show in the row count check).",
-                name,
-                len(rows) - len(kept),
-            )
-        return cls(
-            name=str(name) if name is not None else None,
-            rows=kept,
-            next_cursor=str(cursor) if cursor else None,
-        )
 
 
 @dataclass(frozen=True)
@@ -289,20 +229,21 @@ class JobPoller:
         try:
             body = self._fetch(job.job_type, job.job_id, job.cursor)
         except NotFoundError:
-            job.error = JobNotFoundError(
-                job.job_id,
-                f"Job {job.job_id} ({job.job_type.value}) was not found for this API key "
-                "(HTTP 404). It may belong to another key, be mistyped, or have expired. "
-                "Remove it from the config, or check the id.",
-            )
+            job.error = self._not_found(job)
             return
         except RetriesExhaustedError as exc:
             if exc.status != 429:  # noqa: PLR2004
-                raise
+                job.error = JobError(job.job_id, f"Job {job.job_id}: polling it failed. {exc}")
+                return
             # Being throttled while *waiting* is not the job's failure: keep waiting
-            # until the job's own deadline. Outages (5xx, network) do end the run.
+            # until the job's own deadline.
             LOGGER.warning("Polling job %s is throttled (HTTP 429); will poll again.", job.job_id)
             self._reschedule(job)
+            return
+        except AuthenticationError:
+            raise  # the key itself: every job would fail the same way
+        except ApiError as exc:
+            job.error = JobError(job.job_id, f"Job {job.job_id}: polling it failed. {exc}")
             return
         snapshot = JobSnapshot(
             job_id=job.job_id,
@@ -319,6 +260,29 @@ class JobPoller:
             self._reschedule(job)
         if self._on_snapshot is not None:
             self._on_snapshot(job, snapshot)
+
+    def _not_found(self, job: TrackedJob) -> JobError:
+        if job.cursor is not None:
+            # Is it the job or only the page the read would resume at?
+            try:
+                self._fetch(job.job_type, job.job_id, None)
+            except NotFoundError:
+                pass
+            else:
+                return JobError(
+                    job.job_id,
+                    f"Job {job.job_id} is known to the API, but the page {job.cursor!r} "
+                    "where reading would resume (kept in state by an earlier run) is not "
+                    "(HTTP 404). Clear this job's state ('meltano state clear', or remove "
+                    "its partition from the state file) to read it again from the first "
+                    "page; the job itself is fine.",
+                )
+        return JobNotFoundError(
+            job.job_id,
+            f"Job {job.job_id} ({job.job_type.value}) was not found for this API key "
+            "(HTTP 404). It may belong to another key, be mistyped, or have expired. "
+            "Remove it from the config, or check the id.",
+        )
 
     def _reschedule(self, job: TrackedJob) -> None:
         job.next_poll = self._clock() + job.interval
@@ -339,10 +303,10 @@ class JobPoller:
         if status == JobStatus.PAUSED.value and status not in job.warned:
             job.warned.add(status)
             LOGGER.warning(
-                "Job %s is paused and will not finish on its own. Resume it "
-                "(POST %s) or cancel it; the tap gives up after job_timeout (%.0f s).",
+                "Job %s is paused and will not finish on its own. Resume it (the TAM "
+                "Builder's resume call) or cancel it; the tap gives up after job_timeout "
+                "(%.0f s).",
                 job.job_id,
-                job.job_type.job_path(job.job_id, "resume"),
                 self.job_timeout,
             )
         body = snapshot.body

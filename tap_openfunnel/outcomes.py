@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import typing as t
 
+from tap_openfunnel.budget import credits_text
 from tap_openfunnel.jobs import JobType
 
 if t.TYPE_CHECKING:
@@ -12,7 +13,7 @@ if t.TYPE_CHECKING:
 
     from tap_openfunnel.exceptions import JobError
     from tap_openfunnel.jobs import JobSnapshot, TrackedJob
-    from tap_openfunnel.registry import JobRun
+    from tap_openfunnel.run import JobProgress
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
@@ -49,7 +50,7 @@ def row_count_mismatch(snapshot: JobSnapshot, rows_total: int) -> str | None:
 
 def log_summary(
     stream_names: list[str],
-    runs: Iterable[JobRun],
+    runs: Iterable[JobProgress],
     jobs: Iterable[TrackedJob],
     failures: Mapping[str, JobError],
 ) -> None:
@@ -78,9 +79,9 @@ def log_summary(
         if isinstance(consumed, (int, float)) and not isinstance(consumed, bool):
             consumed_total += consumed
     LOGGER.info(
-        "Summary: %d job(s) touched, %d could not be extracted; %.1f credits consumed "
+        "Summary: %d job(s) touched, %d could not be extracted; %s credits consumed "
         "according to their manifests.",
         len(jobs),
         len(failures),
-        consumed_total,
+        credits_text(consumed_total),
     )

@@ -1,4 +1,4 @@
-"""Walking a terminal job's pages: the next_cursor paginator and an in-order prefetcher."""
+"""Pages of a job's results: the page itself, the next_cursor paginator, an in-order prefetcher."""
 
 from __future__ import annotations
 
@@ -6,18 +6,71 @@ import logging
 import re
 import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from tap_openfunnel import signals
-from tap_openfunnel.exceptions import PageSequenceError
+from tap_openfunnel.exceptions import MalformedPageError, PageSequenceError
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-
-    from tap_openfunnel.jobs import Page
+    from collections.abc import Callable, Iterator, Mapping
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
 _PAGE_NAME = re.compile(r"page_(\d{4,})")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a job's results, as the poll endpoint returned it.
+
+    Attributes:
+        name: The page name the API says it returned (``page``), e.g. ``page_0003``.
+        rows: The company rows (``[]`` when the API sent none or null).
+        next_cursor: The next page's name, or None on the last page written so far.
+    """
+
+    name: str | None
+    rows: list[dict[str, t.Any]]
+    next_cursor: str | None
+
+    @classmethod
+    def from_response(cls, body: Mapping[str, t.Any]) -> Page:
+        """Read the page part of a poll answer, tolerating odd shapes.
+
+        Args:
+            body: The decoded poll answer.
+
+        Returns:
+            The page.
+        """
+        rows = body.get("rows")
+        cursor = body.get("next_cursor")
+        name = body.get("page")
+        if rows is not None and not isinstance(rows, list):
+            msg = (
+                f"the answer for page {name!r} has 'rows' of type {type(rows).__name__}, "
+                "not a list, so its companies cannot be read."
+            )
+            raise MalformedPageError(msg)
+        if cursor is not None and not isinstance(cursor, str):
+            msg = (
+                f"the answer for page {name!r} has a next_cursor of type "
+                f"{type(cursor).__name__}, not a page name, so the next page is unknown."
+            )
+            raise MalformedPageError(msg)
+        kept = [row for row in rows if isinstance(row, dict)] if rows else []
+        if isinstance(rows, list) and len(kept) < len(rows):
+            LOGGER.warning(
+                "Page %s: %d of its rows are not JSON objects and cannot become records; "
+                "they were skipped (and will show in the row count check).",
+                name,
+                len(rows) - len(kept),
+            )
+        return cls(
+            name=name if isinstance(name, str) and name else None,
+            rows=kept,
+            next_cursor=cursor if isinstance(cursor, str) and cursor else None,
+        )
 
 
 def page_name(index: int) -> str:
@@ -47,46 +100,93 @@ def page_index(name: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class NextCursorPaginator:
-    """Follows ``next_cursor`` from a start cursor until it is null.
+# Bounds on a page walk, so that no answer can keep a job reading forever.
+MAX_PAGES_PAST_MANIFEST = 5  # pages followed beyond manifest.pages
+MAX_PAGES_WITHOUT_MANIFEST = 10_000  # a million rows at the documented 100 per page
+MAX_EMPTY_PAGES_IN_A_ROW = 3  # empty pages that still point on
 
-    The SDK's ``BaseAPIPaginator`` works on ``requests.Response`` objects and only spots
-    a token repeated twice in a row; this one reads decoded pages and refuses any cursor
-    it has already followed, so a cycle (a -> b -> a) cannot loop forever either.
+
+class NextCursorPaginator:
+    """Follows ``next_cursor`` from a start cursor, and refuses any walk that cannot end.
+
+    Each page is checked by :meth:`accept` *before* any of its rows go out: a page that
+    was already served (under any name, the first page included), a ``next_cursor``
+    pointing at one, more pages than the manifest allows (plus a small margin) or a run
+    of empty pages that keep pointing on end the walk with a ``PageSequenceError``. The
+    rows delivered before keep their ranks and state keeps the cursor of the refused
+    page, so nothing is emitted twice under a new rank.
 
     Args:
         job_id: The job, for error messages.
         start: The cursor to read first (None: the first page).
+        total_pages: ``manifest.pages``, when known.
     """
 
-    def __init__(self, job_id: str, start: str | None) -> None:
+    def __init__(self, job_id: str, start: str | None, total_pages: int | None = None) -> None:
         self.job_id = job_id
         self.current: str | None = start
         self.finished = False
-        self._seen: set[str | None] = {start}
+        # Pages before a resumed start were served in earlier runs: by the page_NNNN
+        # scheme, a cursor pointing back at one of them is a loop too.
+        self._walked = min(page_index(start) or 0, MAX_PAGES_WITHOUT_MANIFEST)
+        self._served: set[str] = {page_name(index) for index in range(self._walked)}
+        self._empty_in_a_row = 0
+        self.limit = (
+            total_pages + MAX_PAGES_PAST_MANIFEST
+            if total_pages is not None
+            else MAX_PAGES_WITHOUT_MANIFEST
+        )
 
-    def advance(self, next_cursor: str | None) -> None:
-        """Move to the cursor a page pointed at.
+    def accept(self, page: Page) -> None:
+        """Check a page just read, then move to the cursor it points at.
 
         Args:
-            next_cursor: The page's ``next_cursor``.
+            page: The page answered for ``current``.
 
         Raises:
-            PageSequenceError: The cursor was already followed.
+            PageSequenceError: The walk would repeat a page or never end.
         """
+        requested = self.current
+        names = {page_name(0) if requested is None else requested}
+        if page.name:
+            if page.name in self._served and page.name != requested:
+                # Its rows were delivered already: none of them may go out again.
+                self._fail(f"answered {requested!r} with page {page.name!r}, already read")
+            names.add(page.name)
+        self._served |= names
+        self._walked += 1
+        self._empty_in_a_row = 0 if page.rows else self._empty_in_a_row + 1
+        next_cursor = page.next_cursor
         if not next_cursor:
             self.finished = True
             return
-        if next_cursor in self._seen:
-            msg = (
-                f"Job {self.job_id}: the API returned next_cursor {next_cursor!r} again after "
-                "it had already been read, so following it would loop. The tap stopped "
-                "reading this job; the rows before it were delivered and state keeps the "
-                "cursor. Report this to OpenFunnel; the next run retries from there."
+        # From here on the page's own rows are sound; only where it points is not.
+        if next_cursor in self._served:
+            self._fail(f"pointed from {page.name or requested!r} back to {next_cursor!r}", page)
+        if self._walked >= self.limit:
+            self._fail(
+                f"still pointed on after {self._walked} pages, beyond what its manifest "
+                f"allows ({self.limit - MAX_PAGES_PAST_MANIFEST} pages and a margin of "
+                f"{MAX_PAGES_PAST_MANIFEST})"
+                if self.limit != MAX_PAGES_WITHOUT_MANIFEST
+                else f"still pointed on after {self._walked} pages, the most the tap "
+                "follows for a job without a manifest page count",
+                page,
             )
-            raise PageSequenceError(self.job_id, msg)
-        self._seen.add(next_cursor)
+        if self._empty_in_a_row >= MAX_EMPTY_PAGES_IN_A_ROW:
+            self._fail(
+                f"sent {self._empty_in_a_row} empty pages in a row that still point on", page
+            )
         self.current = next_cursor
+
+    def _fail(self, problem: str, page: Page | None = None) -> t.NoReturn:
+        msg = (
+            f"Job {self.job_id}: the API {problem}, so following its pages would repeat rows "
+            "or never end. The tap stopped reading this job there; every row before was "
+            "delivered once, with its rank, and state keeps the cursor of the last page "
+            "it could trust. Report this to OpenFunnel; the next run retries from there."
+        )
+        raise PageSequenceError(self.job_id, msg, page)
 
 
 class PageReader:
@@ -127,7 +227,6 @@ class PageReader:
         self._fetch_body = fetch_body
         self._read_page = read_page
         self.concurrency = max(1, concurrency)
-        self.fell_back = False
 
     def pages(
         self,
@@ -146,7 +245,7 @@ class PageReader:
         Yields:
             Each page, in order.
         """
-        paginator = NextCursorPaginator(self.job_id, start)
+        paginator = NextCursorPaginator(self.job_id, start, total_pages)
         start_index = page_index(start)
         if (
             self.concurrency > 1
@@ -157,15 +256,14 @@ class PageReader:
             yield from self._prefetched(paginator, start_index, total_pages, first)
             if paginator.finished:
                 return
-            self.fell_back = True
             first = None
         yield from self._sequential(paginator, first)
 
     def _sequential(self, paginator: NextCursorPaginator, first: Page | None) -> Iterator[Page]:
         page = first if first is not None else self._read_page(paginator.current, None)
         while True:
+            paginator.accept(page)
             yield page
-            paginator.advance(page.next_cursor)
             if paginator.finished:
                 return
             page = self._read_page(paginator.current, None)
@@ -204,26 +302,25 @@ class PageReader:
         try:
             fill()
             for index in range(start_index, total_pages):
-                name = page_name(index)
                 if index == start_index and first is not None:
                     page = first
                 else:
                     body = window.pop(index).result()
                     # Ask for the next page before decoding this one.
                     fill()
-                    page = self._read_page(name, body)
+                    page = self._read_page(page_name(index), body)
                     del body
-                if page.name != name:
+                if page.name != page_name(index):
                     LOGGER.warning(
                         "Job %s: asked for %s but the API answered %r; reading the rest "
                         "one page at a time by next_cursor.",
                         self.job_id,
-                        name,
+                        page_name(index),
                         page.name,
                     )
                     return
+                paginator.accept(page)
                 yield page
-                paginator.advance(page.next_cursor)
                 if paginator.finished:
                     return
                 if index + 1 == total_pages:

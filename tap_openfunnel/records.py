@@ -7,18 +7,133 @@ import logging
 import math
 import typing as t
 
+from tap_openfunnel.exceptions import ChangedShapeError
+from tap_openfunnel.logs import redact
+
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
 # Fields the tap adds to every company record; the rest come from the API's row.
 ADDED_FIELDS = ("job_id", "page", "rank")
+# The column that keeps what the API sent and the schema does not name. A stream
+# whose schema declares it keeps unknown fields (keep_unknown_fields drops it).
+EXTRA_FIELD = "_extra"
+# The fields that tell one company from another. Most rows of a page without them,
+# yet with other fields, is a renamed or reshaped API, not odd data.
+IDENTITY_FIELDS = ("name", "domain")
+# Bounds for kept values: nesting deeper than any JSON target needs, and a size far
+# below every warehouse's JSON/VARIANT limit (Snowflake's 16 MB the smallest).
+MAX_KEPT_DEPTH = 10
+MAX_KEPT_CHARS = 256 * 1024
+DEEP_MARKER = f"[dropped by tap-openfunnel: nested deeper than {MAX_KEPT_DEPTH} levels]"
+LARGE_MARKER = f"[dropped by tap-openfunnel: over {MAX_KEPT_CHARS} characters of kept fields]"
+_NAMES_SHOWN = 40
+_EXTRA_COLUMN = f"the {EXTRA_FIELD} column"
+
+
+def clean_text(text: str) -> str:
+    """Make server text safe for every target: valid UTF-8, no NUL characters.
+
+    A lone surrogate cannot be encoded (the writer would crash on it) and PostgreSQL's
+    text type rejects NUL; both come only from a broken or hostile answer.
+
+    Args:
+        text: A string from the API.
+
+    Returns:
+        The string with lone surrogates replaced by U+FFFD and NUL removed.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def keep_json(value: object) -> tuple[t.Any, int]:
+    """Make a JSON value the API sent safe to keep in a JSON column as it came.
+
+    Strings become valid UTF-8 without NUL and with the API key hidden; non-finite
+    numbers become null (no JSON target reads NaN); containers nested deeper than
+    MAX_KEPT_DEPTH, and whatever follows once MAX_KEPT_CHARS have been kept, are
+    replaced by a marker string.
+
+    Args:
+        value: A decoded JSON value.
+
+    Returns:
+        The safe value and how many values were replaced by a marker.
+    """
+    keeper = _Keeper()
+    return keeper.value(value, 0), keeper.dropped
+
+
+class _Keeper:
+    """One walk of :func:`keep_json`: the characters still allowed and the values cut."""
+
+    def __init__(self) -> None:
+        self.budget = MAX_KEPT_CHARS
+        self.dropped = 0
+
+    def text(self, item: str, overhead: int = 2) -> str:
+        # Characters as JSON writes them, roughly: quotes, and for keys ": " and ", ".
+        self.budget -= len(item) + overhead
+        return redact(clean_text(item))
+
+    def value(self, item: object, depth: int) -> object:
+        if isinstance(item, str):
+            if len(item) + 2 > self.budget:
+                # Nothing after the cut is kept either: one marker per cut, not per value.
+                self.budget = 0
+                self.dropped += 1
+                return LARGE_MARKER
+            return self.text(item)
+        if isinstance(item, (dict, list)):
+            if depth >= MAX_KEPT_DEPTH:
+                self.dropped += 1
+                return DEEP_MARKER
+            return self.mapping(item, depth) if isinstance(item, dict) else self.array(item, depth)
+        self.budget -= 8
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        # json.loads makes nothing else; anything else is not JSON and not kept.
+        return item if item is None or isinstance(item, (bool, int, float)) else None
+
+    def array(self, items: list[object], depth: int) -> list[object]:
+        kept: list[object] = []
+        for index, element in enumerate(items):
+            if self.budget <= 0:
+                self.dropped += len(items) - index
+                kept.append(LARGE_MARKER)
+                break
+            kept.append(self.value(element, depth + 1))
+        return kept
+
+    def mapping(self, fields: dict[t.Any, object], depth: int) -> dict[str, object]:
+        kept: dict[str, object] = {}
+        for index, (key, element) in enumerate(fields.items()):
+            if self.budget <= 0:
+                self.dropped += len(fields) - index
+                kept[self.text(str(key), 4)] = LARGE_MARKER
+                break
+            kept[self.text(str(key), 4)] = self.value(element, depth + 1)
+        return kept
+
+
+def _names(names: Iterable[str]) -> str:
+    shown = sorted({redact(clean_text(name))[:80] for name in names})
+    more = len(shown) - _NAMES_SHOWN
+    return ", ".join(shown[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def _to_int(value: object) -> int | None:
     if isinstance(value, bool):
-        return int(value)
+        return None  # true is not a number of employees
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value.is_integer() else None
     if isinstance(value, str):
@@ -47,8 +162,13 @@ def _to_number(value: object) -> float | None:
 
 
 def _to_string(value: object) -> str | None:
+    if isinstance(value, str):
+        return clean_text(value)
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+        try:
+            return clean_text(json.dumps(value, ensure_ascii=False))
+        except (ValueError, RecursionError):
+            return None  # nested too deep to be data
     return str(value)
 
 
@@ -66,7 +186,7 @@ def _to_string_list(value: object) -> list[str] | None:
     if isinstance(value, list):
         # A null inside a list of strings carries nothing; other items become text.
         return [
-            item if isinstance(item, str) else str(_to_string(item))
+            clean_text(item) if isinstance(item, str) else str(_to_string(item))
             for item in value
             if item is not None
         ]
@@ -98,25 +218,38 @@ def _kind(schema: Mapping[str, t.Any]) -> str:
 
 
 class RowShaper:
-    """Builds records from rows: known fields only, types coerced, losses counted.
+    """Builds records from rows: schema fields coerced, the rest kept aside, losses counted.
 
     Decisions for odd data (the README's "Odd data" section documents them):
     a missing field becomes null; a number sent as a string is parsed; a value that
-    cannot be coerced becomes null and is counted; unknown extra fields are dropped
-    from the record and their names reported once per job.
+    cannot be coerced becomes null and is counted. Fields the schema does not name go,
+    made safe by :func:`keep_json`, into the ``_extra`` object when the schema declares
+    it, else they are dropped; either way a warning names them the first time they are
+    seen. A page where most rows lack the fields that identify a company is a changed
+    API: a warning, or with ``strict_shape`` a :class:`ChangedShapeError`.
 
     Args:
         schema: The stream's JSON Schema.
+        strict_shape: Fail the job on a changed row shape instead of warning.
     """
 
-    def __init__(self, schema: Mapping[str, t.Any]) -> None:
+    def __init__(self, schema: Mapping[str, t.Any], *, strict_shape: bool = False) -> None:
         properties: Mapping[str, t.Any] = schema["properties"]
-        self.fields = tuple(name for name in properties if name not in ADDED_FIELDS)
-        self._known = frozenset(properties)
+        self.fields = tuple(
+            name for name in properties if name not in ADDED_FIELDS and name != EXTRA_FIELD
+        )
+        self.keep_unknown = EXTRA_FIELD in properties
+        self.strict_shape = strict_shape
+        self._known = frozenset(self.fields)
+        self._identity = tuple(name for name in IDENTITY_FIELDS if name in self._known)
         self._kinds = {name: _kind(properties[name]) for name in self.fields}
         self._exact = {name: _EXACT.get(kind, (object,)) for name, kind in self._kinds.items()}
         self.unknown_fields: set[str] = set()
         self.nulled: dict[str, int] = {}
+        self.dropped_kept = 0
+        self._shape_warned = False
+        # Names already announced at WARNING in this run: later jobs repeat them at INFO.
+        self._announced: set[str] = set()
 
     def records(
         self,
@@ -136,26 +269,116 @@ class RowShaper:
 
         Yields:
             Records ready for the stream.
+
+        Raises:
+            ChangedShapeError: With ``strict_shape``, before any record of a page whose
+                rows lack the identifying fields.
         """
+        if self._identity and rows:
+            self._check_shape(rows, job_id=job_id, page=page)
         fields = self.fields
         exact = self._exact
         known = self._known
+        count = len(fields)
+        keep = self.keep_unknown
         for rank, row in enumerate(rows, start=first_rank):
             record: dict[str, t.Any] = {"job_id": job_id, "page": page, "rank": rank}
             for name in fields:
                 value = row.get(name)
-                if value is not None and type(value) not in exact[name]:
-                    value = self._coerce(name, value)
+                if value is not None:
+                    if type(value) not in exact[name]:
+                        value = self._coerce(name, value)
+                    elif type(value) is str and ("\x00" in value or not value.isascii()):
+                        value = clean_text(value)
                 record[name] = value
-            if len(row) > len(fields) or not known.issuperset(row):
-                self.unknown_fields.update(key for key in row if key not in known)
+            if len(row) > count or not known.issuperset(row):
+                extra = self._unknown(row, job_id)
+                if keep:
+                    record[EXTRA_FIELD] = extra
+            elif keep:
+                record[EXTRA_FIELD] = None
             yield record
+
+    def _unknown(self, row: Mapping[str, t.Any], job_id: str) -> dict[str, t.Any] | None:
+        """Note a row's unknown fields, warn about new ones, and return them made safe."""
+        extra = {name: value for name, value in row.items() if name not in self._known}
+        self.note_unknown(extra, job_id=job_id, where=_EXTRA_COLUMN)
+        if not self.keep_unknown:
+            return None
+        kept, dropped = keep_json(extra)
+        self.dropped_kept += dropped
+        return t.cast("dict[str, t.Any]", kept)
+
+    def note_unknown(self, names: Iterable[str], *, job_id: str, where: str) -> None:
+        """Remember unknown field names for the job's report; warn the first time.
+
+        Args:
+            names: Field names the schema does not have.
+            job_id: The job that sent them.
+            where: Where they were kept (when keep_unknown is on), for the warning.
+        """
+        fresh = [name for name in names if name not in self.unknown_fields]
+        if not fresh:
+            return
+        self.unknown_fields.update(fresh)
+        new = [name for name in fresh if name not in self._announced]
+        if not new:
+            return
+        self._announced.update(new)
+        went = (
+            f"they are kept in {where}"
+            if self.keep_unknown
+            else "they are dropped, as keep_unknown_fields is off"
+        )
+        LOGGER.warning(
+            "Job %s: the API sent fields the schema does not name (%s); %s. A newer tap "
+            "may give them columns of their own.",
+            job_id,
+            _names(new),
+            went,
+        )
+
+    def _check_shape(self, rows: list[dict[str, t.Any]], *, job_id: str, page: str) -> None:
+        # Absent, not null: a null value still means the API names the field.
+        lacking = [
+            name
+            for name in self._identity
+            if 2 * sum(1 for row in rows if row and name not in row) > len(rows)
+        ]
+        if not lacking:
+            return
+        seen: set[str] = set()
+        for row in rows:
+            if not all(name in row for name in lacking):
+                seen.update(row)
+        problem = (
+            f"Job {job_id}: most rows of page {redact(clean_text(page))!r} lack "
+            f"{', '.join(lacking)}, which identify a company, yet carry other fields "
+            f"(those rows have {_names(seen)}): the API's row shape has probably changed."
+        )
+        if self.strict_shape:
+            msg = (
+                f"{problem} The tap stopped reading this job before that page, and state "
+                "keeps its cursor, so the next run starts again from it. Upgrade the tap, "
+                "or turn strict_row_shape off to load such rows with those columns null "
+                f"(and their fields in {EXTRA_FIELD} when keep_unknown_fields is on)."
+            )
+            raise ChangedShapeError(job_id, msg)
+        if not self._shape_warned:
+            self._shape_warned = True
+            LOGGER.warning(
+                "%s Its rows are loaded with those columns null%s; set strict_row_shape "
+                "to fail the job instead.",
+                problem,
+                f" and their fields in {EXTRA_FIELD}" if self.keep_unknown else "",
+            )
 
     def conform(self, values: Mapping[str, t.Any]) -> dict[str, t.Any]:
         """Shape a record built by the tap itself (the jobs stream) the same way.
 
         Args:
-            values: Field values, possibly of the wrong JSON type.
+            values: Field values, possibly of the wrong JSON type; ``_extra``, if
+                given, already made safe with :func:`keep_json`.
 
         Returns:
             A record with every schema field, values of their schema type or null.
@@ -165,10 +388,15 @@ class RowShaper:
             value = values.get(name)
             if value is not None and type(value) not in self._exact[name]:
                 value = self._coerce(name, value)
+            if isinstance(value, str):
+                # Server text (status, messages) may quote anything, the key included.
+                value = redact(clean_text(value))
             record[name] = value
         for name in ADDED_FIELDS:
             if name in values:
                 record[name] = values[name]
+        if self.keep_unknown:
+            record[EXTRA_FIELD] = values.get(EXTRA_FIELD)
         return record
 
     def _coerce(self, name: str, value: object) -> object:
@@ -182,17 +410,27 @@ class RowShaper:
         return coerced
 
     def report(self, job_id: str) -> None:
-        """Log, once per job, what was dropped or nulled, then reset the counters.
+        """Log, once per job, what was set aside, nulled or cut, then reset the counters.
 
         Args:
             job_id: The job just read.
         """
         if self.unknown_fields:
             LOGGER.info(
-                "Job %s: the API sent fields the schema does not have (%s); they are not "
-                "in the records. Upgrade the tap if you need them.",
+                "Job %s: fields the schema does not name: %s (%s).",
                 job_id,
-                ", ".join(sorted(self.unknown_fields)),
+                _names(self.unknown_fields),
+                "kept" if self.keep_unknown else "dropped",
+            )
+        if self.dropped_kept:
+            LOGGER.warning(
+                "Job %s: %d value(s) of fields kept in %s were nested deeper than %d levels "
+                "or past %d characters per record, and were replaced by a marker string.",
+                job_id,
+                self.dropped_kept,
+                EXTRA_FIELD,
+                MAX_KEPT_DEPTH,
+                MAX_KEPT_CHARS,
             )
         if self.nulled:
             LOGGER.warning(
@@ -202,3 +440,5 @@ class RowShaper:
             )
         self.unknown_fields = set()
         self.nulled = {}
+        self.dropped_kept = 0
+        self._shape_warned = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 import typing as t
 
@@ -35,27 +36,35 @@ def parse_retry_after(response: requests.Response) -> float | None:
     if header:
         header = header.strip()
         try:
-            return max(float(header), 0.0)
+            return _seconds(float(header))
         except ValueError:
             try:
                 when = email.utils.parsedate_to_datetime(header)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 when = None
             if when is not None:
-                return max(when.timestamp() - time.time(), 0.0)
+                return _seconds(when.timestamp() - time.time())
     body = _json_or_none(response)
     details = body.get("details") if isinstance(body, dict) else None
     if isinstance(details, dict):
         value = details.get("retry_after_seconds")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return max(float(value), 0.0)
+            try:
+                return _seconds(float(value))
+            except OverflowError:
+                return None
     return None
+
+
+def _seconds(value: float) -> float | None:
+    # nan or inf is no hint at all: the caller's backoff decides instead.
+    return max(value, 0.0) if math.isfinite(value) else None
 
 
 def _json_or_none(response: requests.Response) -> t.Any:  # noqa: ANN401 - JSON is untyped
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import re
 import typing as t
 from dataclasses import dataclass
 
 from singer_sdk import typing as th
 
 from tap_openfunnel.client import check_api_url
+from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
-from tap_openfunnel.submit import BuildEntry, parse_entries
+from tap_openfunnel.jobs import JobType
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -156,13 +158,69 @@ CONFIG_SCHEMA = th.PropertiesList(
         description="Longest single wait between retries, Retry-After included.",
     ),
     th.Property(
+        "dry_run",
+        th.BooleanType(),
+        default=False,
+        title="Dry run",
+        description="Print the run's plan on stderr (each job: attach, re-attach, skip, "
+        "submit or refresh, and what submits could cost against the balance and "
+        "max_credits), then exit 0: nothing is submitted, no page is read, state is "
+        "left as it was.",
+    ),
+    th.Property(
         "strict_row_count",
         th.BooleanType(),
         default=False,
         title="Strict row count",
         description="Fail a job whose rows read disagree with its manifest, instead of warning.",
     ),
+    th.Property(
+        "keep_unknown_fields",
+        th.BooleanType(),
+        default=True,
+        title="Keep unknown fields",
+        description="Keep what the API sends and the schemas do not name: unknown row "
+        "fields in each company record's _extra object, and in the jobs stream the whole "
+        "manifest (manifest) and unknown poll answer fields (_extra). Off: they are "
+        "dropped, with a warning naming them, and those columns are not declared.",
+    ),
+    th.Property(
+        "strict_row_shape",
+        th.BooleanType(),
+        default=False,
+        title="Strict row shape",
+        description="Fail a job when most rows of a page lack the fields that identify a "
+        "company (name, domain) yet carry others (a changed API), instead of warning. "
+        "State stays before that page.",
+    ),
 ).to_dict()
+
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+DEFAULTS: dict[str, t.Any] = {
+    name: spec.get("default") for name, spec in CONFIG_SCHEMA["properties"].items()
+}
+
+
+def setting(config: Mapping[str, t.Any], name: str) -> t.Any:  # noqa: ANN401 - JSON values
+    """One setting's value, or its default (defaults live in one place: the schema).
+
+    Args:
+        config: The tap's config.
+        name: The setting.
+
+    Returns:
+        The value.
+    """
+    given = config.get(name)
+    return DEFAULTS.get(name) if given is None else given
+
+
+MISSING_API_KEY = (
+    "Setting 'api_key' is missing or empty. Set it in the tap's config, in the "
+    "environment variable TAP_OPENFUNNEL_API_KEY, or with `meltano config set "
+    "tap-openfunnel api_key ...`; keys look like 'of_...'."
+)
 
 
 @dataclass(frozen=True)
@@ -186,6 +244,19 @@ class Settings:
     max_retry_wait: float
     strict_row_count: bool
 
+    dry_run: bool
+
+    def job_ids(self, job_type: JobType) -> tuple[str, ...]:
+        """The jobs configured by id for one family.
+
+        Args:
+            job_type: The job family.
+
+        Returns:
+            Their ids, in config order.
+        """
+        return self.tam_job_ids if job_type is JobType.TAM else self.lookalike_job_ids
+
     @classmethod
     def from_config(cls, config: Mapping[str, t.Any]) -> Settings:
         """Read settings, with checks JSON Schema cannot express.
@@ -201,40 +272,43 @@ class Settings:
         """
         api_key = config.get("api_key")
         if not isinstance(api_key, str) or not api_key.strip():
+            raise ConfigurationError(MISSING_API_KEY)
+        api_key = api_key.strip()
+        if not _PRINTABLE_ASCII.fullmatch(api_key):
+            # The key is never echoed, not even in part: say what is wrong with it.
             msg = (
-                "Setting 'api_key' is missing or empty. Set it in the tap's config or in "
-                "the environment variable TAP_OPENFUNNEL_API_KEY; keys look like 'of_...'."
+                "Setting 'api_key' holds characters an API key cannot have (a line break, "
+                "a space, a control character or a non-ASCII letter), so it cannot be sent "
+                "as the X-API-Key header. Copy the key again exactly as OpenFunnel issued it "
+                "(keys look like 'of_...'), without quotes or line breaks."
             )
             raise ConfigurationError(msg)
 
-        def number(name: str, default: float) -> float:
-            value = config.get(name)
-            return float(default if value is None else value)
+        def value(name: str) -> t.Any:  # noqa: ANN401 - JSON values
+            return setting(config, name)
 
-        refresh = config.get("refresh_after")
-        max_credits = config.get("max_credits")
+        refresh = value("refresh_after")
+        max_credits = value("max_credits")
         return cls(
-            api_key=api_key.strip(),
-            api_url=check_api_url(str(config.get("api_url") or "https://api.openfunnel.dev")),
+            api_key=api_key,
+            api_url=check_api_url(str(value("api_url"))),
             tam_job_ids=_job_ids(config, "tam_job_ids"),
             lookalike_job_ids=_job_ids(config, "lookalike_job_ids"),
             entries=tuple(
-                parse_entries(
-                    config.get("tam_builds") or (),
-                    config.get("lookalike_searches") or (),
-                ),
+                parse_entries(value("tam_builds") or (), value("lookalike_searches") or ()),
             ),
             refresh_after_days=None if refresh is None else float(refresh),
             max_credits=None if max_credits is None else float(max_credits),
-            cancel_on_interrupt=bool(config.get("cancel_on_interrupt", False)),
-            poll_interval=number("poll_interval", 5),
-            max_poll_interval=number("max_poll_interval", 60),
-            job_timeout=number("job_timeout", 21600),
-            page_concurrency=int(number("page_concurrency", 4)),
-            request_timeout=number("request_timeout", 60),
-            max_retries=int(number("max_retries", 8)),
-            max_retry_wait=number("max_retry_wait", 120),
-            strict_row_count=bool(config.get("strict_row_count", False)),
+            cancel_on_interrupt=bool(value("cancel_on_interrupt")),
+            poll_interval=float(value("poll_interval")),
+            max_poll_interval=float(value("max_poll_interval")),
+            job_timeout=float(value("job_timeout")),
+            page_concurrency=int(value("page_concurrency")),
+            request_timeout=float(value("request_timeout")),
+            max_retries=int(value("max_retries")),
+            max_retry_wait=float(value("max_retry_wait")),
+            strict_row_count=bool(value("strict_row_count")),
+            dry_run=bool(value("dry_run")),
         )
 
 

@@ -1,4 +1,4 @@
-"""Stream declarations: tam_companies, lookalike_companies and jobs."""
+"""Stream declarations: tam_companies, lookalike_companies, jobs and credits_balance."""
 
 from __future__ import annotations
 
@@ -12,11 +12,18 @@ from pathlib import Path
 
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
-from tap_openfunnel.client import BALANCE_PATH
-from tap_openfunnel.exceptions import PageSequenceError
+from tap_openfunnel.exceptions import (
+    ApiError,
+    AuthenticationError,
+    ChangedShapeError,
+    JobError,
+    PageSequenceError,
+)
 from tap_openfunnel.jobs import JobType
+from tap_openfunnel.pagination import MAX_PAGES_WITHOUT_MANIFEST as MAX_PAGES
 from tap_openfunnel.pagination import PageReader, page_name
-from tap_openfunnel.records import RowShaper
+from tap_openfunnel.records import EXTRA_FIELD, RowShaper, keep_json
+from tap_openfunnel.settings import setting
 from tap_openfunnel.writer import SelectedRecordMessages
 
 if sys.version_info >= (3, 12):
@@ -25,11 +32,12 @@ else:
     from typing_extensions import override
 
 if t.TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
+    from singer_sdk.helpers._batch import BaseBatchFileEncoding, BatchConfig
     from singer_sdk.helpers.types import Context
 
-    from tap_openfunnel.registry import JobRegistry
+    from tap_openfunnel.run import Run
     from tap_openfunnel.tap import TapOpenFunnel
 
 
@@ -53,7 +61,7 @@ def load_schema(name: str) -> dict[str, t.Any]:
 
 
 class OpenFunnelStream(SelectedRecordMessages):
-    """A stream whose records come from the run's jobs."""
+    """A stream of the tap, with its schema file and its record shaper."""
 
     _tap: TapOpenFunnel
 
@@ -62,104 +70,153 @@ class OpenFunnelStream(SelectedRecordMessages):
     # time per record (see benchmarks/profile_tap.py).
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
 
+    # The JSON columns that keep what the schema does not name (keep_unknown_fields).
+    kept_columns: t.ClassVar[tuple[str, ...]] = (EXTRA_FIELD,)
+
     def __init__(self, tap: TapOpenFunnel) -> None:
         """Create the stream with its schema file.
 
         Args:
             tap: The tap.
         """
-        super().__init__(tap, schema=load_schema(self.name))
-        self._shaper = RowShaper(self.schema)
-
-    @property
-    def registry(self) -> JobRegistry:
-        """The run's jobs."""
-        return self._tap.registry
+        schema = load_schema(self.name)
+        # Read from the config, not tap.settings: discovery must work without a key.
+        if not setting(tap.config, "keep_unknown_fields"):
+            for column in self.kept_columns:
+                schema["properties"].pop(column, None)
+        super().__init__(tap, schema=schema)
+        self._shaper = RowShaper(
+            self.schema,
+            strict_shape=bool(setting(tap.config, "strict_row_shape")),
+        )
 
 
 class CompanyStream(OpenFunnelStream):
-    """Companies from one job family: one state partition per job."""
+    """Companies from one job family, read job by job from the run's plan.
+
+    Each job has its own state partition (context ``{"job_id": ...}``), written only
+    by the run's checkpoint.
+    """
 
     job_type: t.ClassVar[JobType]
     primary_keys: t.ClassVar[list[str]] = ["job_id", "rank"]
 
-    def __init__(self, tap: TapOpenFunnel) -> None:
-        """Create the stream.
-
-        Args:
-            tap: The tap.
-        """
-        super().__init__(tap)
-
-    def job_state(self, job_id: str) -> dict[str, t.Any]:
-        """The writable state partition of one job (created if new).
-
-        Args:
-            job_id: The job.
-
-        Returns:
-            Its partition state.
-        """
-        return self.get_context_state({"job_id": job_id})
-
-    def job_states(self) -> list[dict[str, t.Any]]:
-        """Every job partition in state, earlier runs' included."""
-        return list(self.stream_state.get("partitions", []))
-
     @property
     @override
     def partitions(self) -> list[dict[str, t.Any]] | None:
-        # Only this run's unfinished jobs: the SDK default would replay every job
-        # ever recorded in state.
-        return [{"job_id": job_id} for job_id in self.registry.job_ids(self.name)]
+        # The jobs come from the run's plan, not from the SDK's partitions: its default
+        # would replay every job ever recorded in state, and listing the plan's jobs
+        # here would need the submits done before the sync starts.
+        return None
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
-        if not context:
-            return
-        job_id = str(context["job_id"])
-        snapshot = self.registry.wait(job_id)
+        run = self._tap.run
+        for job_id in run.jobs_to_read(self.name):
+            yield from self._read_job(run, job_id)
+
+    @override
+    def get_batches(
+        self,
+        batch_config: BatchConfig,
+        context: Context | None = None,
+    ) -> Iterable[tuple[BaseBatchFileEncoding, list[str]]]:
+        checkpoint = self._tap.run.checkpoint
+        for encoding, manifest in super().get_batches(batch_config, context):
+            # Every page handed so far is in this file; the SDK resumes this generator
+            # only after it has written the file's BATCH message.
+            handed = checkpoint.handed()
+            yield encoding, manifest
+            checkpoint.promote(handed)
+
+    def _read_job(self, run: Run, job_id: str) -> Iterator[dict[str, t.Any]]:
+        """Wait for one job, walk its pages from the checkpoint, and hand each page's end back.
+
+        Whatever goes wrong with this job's pages fails this job only; the run goes on
+        with the others and fails at the end, naming it.
+        """
+        snapshot = run.wait(job_id)
         if snapshot is None:
             return
-        state = self.get_context_state(context)
-        start: str | None = state.get("next_cursor")
-        rows_total = int(state.get("rows_read", 0))
-        pages = snapshot.manifest.get("pages")
-        batching = self.get_batch_config(self.config) is not None
+        checkpoint = run.checkpoint
+        start = checkpoint.position(job_id)
+        cursor = start.cursor
+        rows_total = start.rows_read
         reader = PageReader(
             job_id,
-            functools.partial(self.registry.page_body, self.job_type, job_id),
-            functools.partial(self.registry.read_page, self.job_type, job_id),
-            concurrency=self.registry.settings.page_concurrency,
+            functools.partial(run.api.page_body, self.job_type, job_id),
+            functools.partial(run.api.read_page, self.job_type, job_id),
+            concurrency=run.settings.page_concurrency,
         )
         try:
             for page in reader.pages(
-                start,
-                first=snapshot.page if snapshot.cursor == start else None,
-                total_pages=pages if isinstance(pages, int) else None,
+                cursor,
+                first=snapshot.page if snapshot.cursor == cursor else None,
+                total_pages=manifest_pages(snapshot.manifest),
             ):
                 yield from self._shaper.records(
                     page.rows,
                     job_id=job_id,
-                    page=page.name or start or page_name(0),
+                    page=page.name or cursor or page_name(0),
                     first_rank=rows_total + 1,
                 )
-                # Reached only once every record of the page has been written.
+                # Reached only once every record of the page has been handed on.
                 rows_total += len(page.rows)
-                start = page.next_cursor
-                state["rows_read"] = rows_total
-                if start:
-                    state["next_cursor"] = start
-                else:
-                    state.pop("next_cursor", None)
-                    state["done"] = True
-                self.registry.page_done(job_id, len(page.rows), emit_state=not batching)
+                cursor = page.next_cursor
+                checkpoint.page_read(job_id, next_cursor=cursor, rows_read=rows_total)
+                run.page_read(job_id, len(page.rows))
+        except ChangedShapeError as exc:
+            # Raised before the page's first record: state stays before that page.
+            run.fail(exc)
+            return
         except PageSequenceError as exc:
-            self.registry.fail(exc)
+            failure: JobError = exc
+            if exc.page is not None:
+                # Its rows are sound, its next_cursor is not: deliver them, but leave
+                # state before this page (a rerun sends them again, with the same ranks).
+                try:
+                    yield from self._shaper.records(
+                        exc.page.rows,
+                        job_id=job_id,
+                        page=exc.page.name or cursor or page_name(0),
+                        first_rank=rows_total + 1,
+                    )
+                except ChangedShapeError as shape:
+                    failure = shape
+            run.fail(failure)
+            return
+        except AuthenticationError:
+            raise  # the key itself: every other job would fail the same way
+        except ApiError as exc:
+            where = f"page {cursor!r}" if cursor else "the first page"
+            resumed = " (the cursor kept in state)" if cursor == start.cursor and cursor else ""
+            run.fail(
+                JobError(
+                    job_id,
+                    f"Job {job_id}: reading {where}{resumed} failed: {exc} The tap stopped "
+                    "reading this job there; the rows before it were delivered and state "
+                    "keeps the cursor, so the next run retries from that page.",
+                ),
+            )
             return
         finally:
             self._shaper.report(job_id)
-        self.registry.check_row_count(snapshot, rows_total)
+        run.check_row_count(snapshot, rows_total)
+
+
+def manifest_pages(manifest: Mapping[str, t.Any]) -> int | None:
+    """``manifest.pages`` when it is a usable count, else None (the walk is bounded anyway).
+
+    Args:
+        manifest: The job's manifest.
+
+    Returns:
+        The page count, or None.
+    """
+    pages = manifest.get("pages")
+    if isinstance(pages, int) and not isinstance(pages, bool) and 0 <= pages <= MAX_PAGES:
+        return pages
+    return None
 
 
 class TamCompaniesStream(CompanyStream):
@@ -192,39 +249,82 @@ _MANIFEST_FIELDS = (
     "rerank_degraded",
 )
 _PROGRESS_FIELDS = ("processed", "progress_message", "bands_done", "bands_total")
+# Every top-level field of a poll answer the tap reads (§3.2, §4.2); others go to _extra.
+_POLL_FIELDS = frozenset(
+    {
+        "job_id",
+        "status",
+        "manifest",
+        "error_message",
+        "rows",
+        "page",
+        "next_cursor",
+        "count",
+        "degraded",
+        *_PROGRESS_FIELDS,
+    },
+)
 
 
 class JobsStream(OpenFunnelStream):
-    """One summary record per job the run touched.
+    """One summary record per job the run waited on.
 
-    The SDK syncs streams by name, so this one runs first: it waits on every job
-    together, and the company streams then find their jobs terminal.
+    It waits on every job of the run together, whichever stream syncs first: its
+    records are the same whether the company streams sync before or after it.
     """
 
     name = "jobs"
     primary_keys: t.ClassVar[list[str]] = ["job_id"]
+    kept_columns: t.ClassVar[tuple[str, ...]] = ("manifest", EXTRA_FIELD)
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
-        for job in self.registry.wait_all():
-            run = self.registry.runs[job.job_id]
+        run = self._tap.run
+        for job in run.wait_all():
+            progress = run.progress[job.job_id]
             body: Mapping[str, t.Any] = job.last.body if job.last is not None else {}
             manifest = job.last.manifest if job.last is not None else {}
             record: dict[str, t.Any] = {
                 "job_id": job.job_id,
                 "job_type": job.job_type.value,
                 "status": job.last.status if job.last is not None else None,
-                "origin": run.origin,
-                "query": (run.request or {}).get("query"),
-                "request": dict(run.request) if run.request is not None else None,
-                "submitted_at": run.submitted_at,
+                "origin": progress.origin,
+                "query": (progress.request or {}).get("query"),
+                "request": dict(progress.request) if progress.request is not None else None,
+                "submitted_at": progress.submitted_at,
                 "terminal_at": job.terminal_at.isoformat() if job.terminal_at else None,
                 "error_message": body.get("error_message"),
                 "tap_error": str(job.error) if job.error is not None else None,
             }
             record.update({name: body.get(name) for name in _PROGRESS_FIELDS})
             record.update({name: manifest.get(name) for name in _MANIFEST_FIELDS})
+            record.update(self._kept(job.job_id, body, manifest))
             yield self._shaper.conform(record)
+            self._shaper.report(job.job_id)
+
+    def _kept(
+        self,
+        job_id: str,
+        body: Mapping[str, t.Any],
+        manifest: Mapping[str, t.Any],
+    ) -> dict[str, t.Any]:
+        """The whole manifest and the poll answer's unknown fields, made safe."""
+        shaper = self._shaper
+        unknown = {name: value for name, value in body.items() if name not in _POLL_FIELDS}
+        shaper.note_unknown(unknown, job_id=job_id, where="the jobs stream's _extra column")
+        shaper.note_unknown(
+            [f"manifest.{name}" for name in manifest if name not in _MANIFEST_FIELDS],
+            job_id=job_id,
+            where="the jobs stream's manifest column",
+        )
+        if not shaper.keep_unknown:
+            return {}
+        kept: dict[str, t.Any] = {"manifest": None, EXTRA_FIELD: None}
+        for column, value in (("manifest", manifest), (EXTRA_FIELD, unknown)):
+            if value:
+                kept[column], dropped = keep_json(dict(value))
+                shaper.dropped_kept += dropped
+        return kept
 
 
 class CreditsBalanceStream(OpenFunnelStream):
@@ -242,7 +342,7 @@ class CreditsBalanceStream(OpenFunnelStream):
 
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
-        balance = self._tap.client.get(BALANCE_PATH)
+        balance = self._tap.api.balance()
         yield self._shaper.conform(
             {"checked_at": dt.datetime.now(dt.timezone.utc).isoformat(), **balance},
         )

@@ -12,9 +12,20 @@ from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities
 from singer_sdk.tap_base import CliTestOptionValue
 
 from tap_openfunnel import cli
+from tap_openfunnel.api import JobAPI
+from tap_openfunnel.checkpoint import Checkpoint
 from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
 from tap_openfunnel.logs import install_secret_filter
+from tap_openfunnel.planner import Planner
+from tap_openfunnel.run import Run
 from tap_openfunnel.settings import CONFIG_SCHEMA, Settings, check_known_settings
+from tap_openfunnel.streams import (
+    CompanyStream,
+    CreditsBalanceStream,
+    JobsStream,
+    LookalikeCompaniesStream,
+    TamCompaniesStream,
+)
 from tap_openfunnel.writer import BlockWriter
 
 if sys.version_info >= (3, 12):
@@ -28,7 +39,7 @@ if t.TYPE_CHECKING:
     import click
     from singer_sdk import Stream
 
-    from tap_openfunnel.registry import JobRegistry
+    from tap_openfunnel.planner import Plan
 
 
 class TapOpenFunnel(Tap):
@@ -48,7 +59,12 @@ class TapOpenFunnel(Tap):
         PluginCapabilities.STREAM_MAPS,
         PluginCapabilities.FLATTENING,
         PluginCapabilities.BATCH,
+        # Meltano 4 parses the SDK's JSON log lines (and so shows warnings as warnings)
+        # only for plugins that declare this.
+        PluginCapabilities.STRUCTURED_LOGGING,
     ]
+
+    _run: Run | None = None
 
     @cached_property
     def settings(self) -> Settings:
@@ -59,61 +75,73 @@ class TapOpenFunnel(Tap):
         return settings
 
     @cached_property
-    def client(self) -> OpenFunnelClient:
-        """The HTTP client every stream shares."""
+    def api(self) -> JobAPI:
+        """The job API every stream shares."""
         settings = self.settings
-        return OpenFunnelClient(
+        client = OpenFunnelClient(
             api_url=settings.api_url,
             api_key=settings.api_key,
             timeout=settings.request_timeout,
             retry=RetryPolicy(max_retries=settings.max_retries, max_wait=settings.max_retry_wait),
             pool_size=settings.page_concurrency + 2,
         )
+        return JobAPI(client)
 
     @cached_property
-    def registry(self) -> JobRegistry:
-        """This run's jobs, for the selected company streams."""
-        # Imported here, as in discover_streams: --about needs neither (start-up time).
-        from tap_openfunnel.registry import JobRegistry, JobSource  # noqa: PLC0415
-        from tap_openfunnel.streams import (  # noqa: PLC0415
-            CompanyStream,
-            LookalikeCompaniesStream,
-            TamCompaniesStream,
+    def checkpoint(self) -> Checkpoint:
+        """The single writer of every job's state partition."""
+        return Checkpoint(
+            lambda stream_name, job_id: self.streams[stream_name].get_context_state(
+                {"job_id": job_id},
+            ),
+            lambda: self.state_writer.write_state(self.state),
+            hold_until_promoted=bool(self.config.get("batch_config")),
         )
 
-        settings = self.settings
-        job_ids = {
-            TamCompaniesStream.name: settings.tam_job_ids,
-            LookalikeCompaniesStream.name: settings.lookalike_job_ids,
-        }
-        sources = [
-            JobSource(
-                stream_name=stream.name,
-                job_type=stream.job_type,
-                job_ids=job_ids[stream.name],
-                entries=tuple(e for e in settings.entries if e.job_type is stream.job_type),
-                state_of=stream.job_state,
-                partitions=stream.job_states,
-            )
+    def make_plan(self) -> Plan:
+        """Decide what this run does with each job of the selected company streams.
+
+        Returns:
+            The plan; nothing billed has been sent.
+        """
+        streams = {
+            stream.job_type: stream.name
             for stream in self.streams.values()
             if isinstance(stream, CompanyStream) and stream.selected
-        ]
-        return JobRegistry(
-            settings,
-            self.client,
-            sources,
-            write_state=lambda: self.state_writer.write_state(self.state),
+        }
+        planner = Planner(
+            self.settings,
+            self.api,
+            streams,
+            # Read without creating entries: the plan must not change state.
+            lambda name: self.state.get("bookmarks", {}).get(name, {}).get("partitions", []),
         )
+        return planner.plan()
+
+    def prepare(self, plan: Plan, *, may_submit: bool = True) -> Run:
+        """Set the run up from its plan, before the streams sync.
+
+        Args:
+            plan: From :meth:`make_plan`.
+            may_submit: False to leave the plan's submits out (a connection check).
+
+        Returns:
+            The run the streams read their jobs from.
+        """
+        self._run = Run(plan, self.api, self.checkpoint, self.settings, may_submit=may_submit)
+        return self._run
+
+    @property
+    def run(self) -> Run:
+        """The run, prepared by the CLI before the sync (or here, for embedders)."""
+        if self._run is None:
+            # The CLI plans explicitly; code that calls sync_all() itself (the SDK's
+            # test suite) gets the same plan on first use.
+            return self.prepare(self.make_plan())
+        return self._run
 
     @override
     def discover_streams(self) -> list[Stream]:
-        from tap_openfunnel.streams import (  # noqa: PLC0415
-            CreditsBalanceStream,
-            JobsStream,
-            LookalikeCompaniesStream,
-            TamCompaniesStream,
-        )
-
         return [
             TamCompaniesStream(self),
             LookalikeCompaniesStream(self),
@@ -149,6 +177,14 @@ class TapOpenFunnel(Tap):
             return
         cli.connection_test(cli.build(cls, ctx.params.get("config")))
         ctx.exit(0)
+
+    @classmethod
+    @override
+    def cb_discover(cls, ctx: click.Context, param: click.Option, value: bool) -> None:
+        # The SDK's discovery only warns "Config validation failed" on a bad config.
+        if value:
+            cli.discover(cls, ctx.params.get("config"))
+            ctx.exit()
 
     @classmethod
     @override

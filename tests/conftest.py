@@ -10,10 +10,15 @@ from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write
 
 from tap_openfunnel.sandbox import FakeOpenFunnel
 
+# The shared fake server is seeded on purpose: the same job ids, so the same rows, on
+# every test run. Unseeded servers draw new ids on every start.
+SEED = 0
+
 
 @pytest.fixture
 def server():
-    with FakeOpenFunnel(api_keys=(API_KEY,)) as fake:
+    # It refuses to serve for ever: a tap that loops fails instead of hanging.
+    with FakeOpenFunnel(api_keys=(API_KEY,), seed=SEED, max_requests=20_000) as fake:
         yield fake
 
 

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from tap_openfunnel.exceptions import (
+    JobError,
     JobNotFoundError,
     JobTimeoutError,
     NotFoundError,
@@ -137,17 +138,21 @@ def test_throttled_poll_keeps_waiting():
     assert poller.wait_for("j1").status == "completed"
 
 
-def test_outage_while_polling_ends_the_wait():
+def test_an_outage_on_one_job_fails_that_job_only():
     clock = FakeClock()
 
     def fetch(job_type, job_id, cursor):
-        message = "503s"
-        raise RetriesExhaustedError(message, status=503, path="/x")
+        if job_id == "j1":
+            message = "GET /x still failed after 8 retries (last: HTTP 503)."
+            raise RetriesExhaustedError(message, status=503, path="/x")
+        return {"status": "completed"}
 
     poller = make_poller(fetch, clock)
     poller.track("j1", JobType.TAM)
-    with pytest.raises(RetriesExhaustedError):
+    poller.track("j2", JobType.TAM)
+    with pytest.raises(JobError, match=r"Job j1: polling it failed\. GET /x still failed"):
         poller.wait_for("j1")
+    assert poller.wait_for("j2").status == "completed"
 
 
 def test_jobs_are_waited_on_together():

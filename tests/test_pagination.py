@@ -9,8 +9,7 @@ import threading
 import pytest
 
 from tap_openfunnel.exceptions import PageSequenceError
-from tap_openfunnel.jobs import Page
-from tap_openfunnel.pagination import PageReader, page_index, page_name
+from tap_openfunnel.pagination import Page, PageReader, page_index, page_name
 
 
 def book(pages: int, rows_per_page: int = 3) -> dict[str | None, Page]:
@@ -26,39 +25,39 @@ def book(pages: int, rows_per_page: int = 3) -> dict[str | None, Page]:
     return out
 
 
+class Fetcher:
+    def __init__(self, pages: dict[str | None, Page]) -> None:
+        self.pages = pages
+        self.calls: list[str | None] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, cursor: str | None) -> Page:
+        with self.lock:
+            self.calls.append(cursor)
+        return self.pages[cursor]
+
+
 def encode(page: Page) -> bytes:
     return json.dumps(
         {"page": page.name, "rows": page.rows, "next_cursor": page.next_cursor}
     ).encode()
 
 
-class Fetcher:
-    """Serves pages as bytes, as the API would; records which thread decoded each one."""
-
-    def __init__(self, pages: dict[str | None, Page]) -> None:
-        self.pages = pages
-        self.calls: list[str | None] = []
-        self.decoded_in: set[str] = set()
-        self.lock = threading.Lock()
-
-    def __call__(self, cursor: str | None) -> bytes:
-        with self.lock:
-            self.calls.append(cursor)
-        return encode(self.pages[cursor])
-
-    def read(self, cursor: str | None, body: bytes | None) -> Page:
-        self.decoded_in.add(threading.current_thread().name)
-        return Page.from_response(json.loads(body if body is not None else self(cursor)))
+DECODED_IN: set[str] = set()
 
 
 def reader_for(job_id, fetch, concurrency) -> PageReader:
-    read = getattr(fetch, "read", None)
-    if read is None:
+    """A reader over a fetch that returns pages: its workers get them as bytes, as from
+    the API, and the reading thread decodes them."""
 
-        def read(cursor, body):
-            return Page.from_response(json.loads(body if body is not None else fetch(cursor)))
+    def body(cursor):
+        return encode(fetch(cursor))
 
-    return PageReader(job_id, fetch, read, concurrency=concurrency)
+    def read(cursor, raw):
+        DECODED_IN.add(threading.current_thread().name)
+        return Page.from_response(json.loads(raw if raw is not None else body(cursor)))
+
+    return PageReader(job_id, body, read, concurrency=concurrency)
 
 
 def numbers(pages) -> list[int]:
@@ -75,7 +74,6 @@ def test_reads_every_page_in_order(concurrency, start):
     assert numbers(got) == list(range(first * 3, 30))
     assert [page.name for page in got] == [page_name(i) for i in range(first, 10)]
     assert len(fetch.calls) == 10 - first
-    assert not reader.fell_back
 
 
 def test_first_page_at_hand_is_not_fetched_again():
@@ -93,7 +91,7 @@ def test_sequential_follows_cursor_without_manifest():
     assert numbers(got) == list(range(12))
 
 
-def test_opaque_cursors_fall_back_to_sequential():
+def test_opaque_cursors_fall_back_to_sequential(caplog):
     pages = {
         None: Page("page_0000", [{"n": 0}], "tok-a"),
         "page_0000": Page("page_0000", [{"n": 0}], "tok-a"),
@@ -102,19 +100,21 @@ def test_opaque_cursors_fall_back_to_sequential():
         "page_0001": Page("page_0001", [{"n": 1}], "tok-b"),
         "page_0002": Page("page_0002", [{"n": 2}], None),
     }
-    reader = reader_for("job", Fetcher(pages), 4)
+    fetch = Fetcher(pages)
+    reader = reader_for("job", fetch, 4)
     assert numbers(reader.pages(None, total_pages=3)) == [0, 1, 2]
-    assert reader.fell_back
+    assert "one page at a time" in caplog.text
+    assert "tok-b" in fetch.calls
 
 
-def test_wrong_page_is_not_emitted_by_the_prefetcher():
+def test_wrong_page_is_not_emitted_by_the_prefetcher(caplog):
     pages = book(4)
     # Asking for page_0002 returns page_0003: the prefetcher must notice, not emit it
     # as page_0002, and go on by next_cursor.
     pages["page_0002"] = Page("page_0003", pages["page_0003"].rows, None)
     reader = reader_for("job", Fetcher(pages), 4)
     got = list(reader.pages(None, total_pages=4))
-    assert reader.fell_back
+    assert "asked for page_0002 but the API answered 'page_0003'" in caplog.text
     # Sequential mode trusts the API, as any cursor-following reader must; the prefetcher
     # never labelled the wrong page as page_0002.
     assert [page.name for page in got][:2] == ["page_0000", "page_0001"]
@@ -146,8 +146,10 @@ def test_repeating_cursor_stops_with_a_clear_error(concurrency):
     with pytest.raises(PageSequenceError, match="job-x") as info:
         read_all()
     assert info.value.job_id == "job-x"
-    # Each page once: the loop is caught before anything is emitted twice.
-    assert seen == [0, 1, 2, 99]
+    # The page that points back is handed over with the error, not as a page to
+    # follow: its rows may go out, but no state may move past it.
+    assert seen == [0, 1, 2]
+    assert [row["n"] for row in info.value.page.rows] == [99]
 
 
 def test_cycle_of_two_is_caught():
@@ -173,7 +175,7 @@ def test_prefetch_window_is_bounded():
         barrier.wait(0.001)
         with lock:
             in_flight -= 1
-        return encode(pages[cursor])
+        return pages[cursor]
 
     got = list(reader_for("job", fetch, 3).pages(None, total_pages=40))
     assert len(got) == 40
@@ -181,12 +183,87 @@ def test_prefetch_window_is_bounded():
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
+@pytest.mark.parametrize(
+    "back_to",
+    [
+        pytest.param("page_0000", id="to-the-first-page"),
+        pytest.param("page_0001", id="to-the-middle"),
+    ],
+)
+def test_a_cursor_back_to_any_page_read_ends_the_walk(concurrency, back_to):
+    pages = book(3)
+    pages["page_0002"] = Page("page_0002", [{"n": 7}], back_to)
+    seen: list[int] = []
+
+    def read_all() -> None:
+        for page in reader_for("job", Fetcher(pages), concurrency).pages(None, total_pages=3):
+            seen.extend(row["n"] for row in page.rows)
+
+    with pytest.raises(PageSequenceError, match="back to") as info:
+        read_all()
+    assert seen == [0, 1, 2, 3, 4, 5]
+    assert info.value.page.name == "page_0002"
+
+
+def test_the_first_page_pointing_at_itself_is_caught():
+    pages = {None: Page("page_0000", [{"n": 0}], "page_0000")}
+    with pytest.raises(PageSequenceError):
+        list(reader_for("job", Fetcher(pages), 1).pages(None))
+
+
+def test_an_old_page_under_a_fresh_cursor_is_caught():
+    pages = book(2)
+    pages["page_0001"] = Page("page_0001", [{"n": 3}], "fresh")
+    pages["fresh"] = Page("page_0000", [{"n": 0}], None)  # page 0 again
+    with pytest.raises(PageSequenceError, match="already read") as info:
+        list(reader_for("job", Fetcher(pages), 1).pages(None))
+    assert info.value.page is None  # its rows are a repeat: none may go out
+
+
+class Endless:
+    """Fresh cursors for ever: page_0000, page_0001, ... (rows or not)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.calls = 0
+
+    def __call__(self, cursor: str | None) -> Page:
+        self.calls += 1
+        index = page_index(cursor) or 0
+        assert self.calls < 20_000, "the walk did not stop"
+        return Page(page_name(index), [{"n": index}] * self.rows, page_name(index + 1))
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_pages_past_the_manifest_stop_within_the_margin(concurrency):
+    fetch = Endless(rows=1)
+    with pytest.raises(PageSequenceError, match="beyond what its manifest allows"):
+        list(reader_for("job", fetch, concurrency).pages(None, total_pages=3))
+    assert fetch.calls <= 3 + 5 + concurrency
+
+
+def test_a_run_of_empty_pages_stops():
+    fetch = Endless(rows=0)
+    with pytest.raises(PageSequenceError, match="3 empty pages in a row"):
+        list(reader_for("job", fetch, 1).pages(None))
+    assert fetch.calls == 3
+
+
+def test_without_a_manifest_the_walk_is_still_bounded():
+    fetch = Endless(rows=1)
+    with pytest.raises(PageSequenceError, match="without a manifest"):
+        list(reader_for("job", fetch, 1).pages(None))
+    assert fetch.calls == 10_000
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
 def test_pages_are_decoded_in_the_reading_thread_only(concurrency):
     """Prefetch threads move bytes; objects are built where the records are written."""
-    fetch = Fetcher(book(12))
-    got = list(reader_for("job", fetch, concurrency).pages(None, total_pages=12))
+    DECODED_IN.clear()
+    got = list(reader_for("job", Fetcher(book(12)), concurrency).pages(None, total_pages=12))
     assert numbers(got) == list(range(36))
-    assert fetch.decoded_in == {threading.current_thread().name}
+    assert threading.current_thread().name in DECODED_IN
+    assert len(DECODED_IN) == 1
 
 
 def test_prefetch_threads_leave_termination_signals_to_the_main_thread():
@@ -196,7 +273,7 @@ def test_prefetch_threads_leave_termination_signals_to_the_main_thread():
 
     def fetch(cursor):
         masks.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
-        return encode(pages[cursor])
+        return pages[cursor]
 
     got = list(reader_for("job", fetch, 3).pages(None, total_pages=6))
     assert len(got) == 6

@@ -534,6 +534,20 @@ def test_quirk_extra_fields(server, http):
     assert "schema_version" in body["manifest"]
 
 
+def test_quirk_renamed_fields_from_the_jobs_half_on(server, http):
+    job_id, _ = _quirky(server, http, "renamed_fields", rows=250)
+    rows = [row for page in walk(server, http, "tam", job_id) for row in page["rows"]]
+    assert all("name" in row and "company_name" not in row for row in rows[:125])
+    assert all({"company_name", "website"} <= row.keys() for row in rows[125:])
+    assert not any("name" in row or "domain" in row for row in rows[125:])
+
+
+def test_quirk_new_manifest_field(server, http):
+    _, body = _quirky(server, http, "new_manifest_field")
+    assert body["manifest"]["credits_refunded"] == 7
+    assert "credits_refunded" not in body["rows"][0]
+
+
 def test_quirk_empty_page_with_cursor(server, http):
     job_id, _ = _quirky(server, http, "empty_page_with_cursor")
     pages = walk(server, http, "tam", job_id)
@@ -610,6 +624,15 @@ def test_lookalike_rows_have_the_bulk_shape(server, http):
         "company_size",
         "employee_count",
     }
+
+
+def test_unseeded_servers_never_repeat_job_ids(http):
+    ids = []
+    for _ in range(2):
+        with FakeOpenFunnel() as server:
+            ids += [post(server, http, TAM, {"query": "q"}).json()["job_id"] for _ in range(3)]
+            ids.append(server.add_job(JobSpec(kind="tam")))
+    assert len(set(ids)) == len(ids) == 8
 
 
 def test_same_seed_gives_same_job_ids(http):
@@ -698,3 +721,12 @@ def test_cli_refuses_a_public_address():
     result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert "loopback" in result.stderr
+
+
+def test_the_sandbox_refuses_to_serve_for_ever():
+    with FakeOpenFunnel(api_keys=(KEY,), max_requests=3) as server, requests.Session() as s:
+        codes = [
+            s.get(f"{server.url}/api/v1/credits/balance", headers={"X-API-Key": KEY}).status_code
+            for _ in range(5)
+        ]
+    assert codes == [200, 200, 200, 410, 410]

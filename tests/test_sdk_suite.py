@@ -11,7 +11,7 @@ from tap_openfunnel.tap import TapOpenFunnel
 
 # get_tap_test_class builds a tap while pytest collects this module, so the server and
 # its jobs must exist by then.
-_SERVER = FakeOpenFunnel(api_keys=("of_suite_key",)).start()
+_SERVER = FakeOpenFunnel(api_keys=("of_suite_key",), seed=0).start()
 atexit.register(_SERVER.stop)
 
 CONFIG = {

@@ -35,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=DEFAULT_KEY, help="the one key the server accepts")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--page-size", type=int, default=100, help="rows per result page")
-    parser.add_argument("--seed", type=int, default=0, help="seed of job ids and faults")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="seed of job ids and faults (default: new job ids on every start, faults seed 0)",
+    )
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -91,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=args.host,
             port=args.port,
         )
-        server.faults = Faults(rate=args.fault_rate, seed=args.seed)
+        server.faults = Faults(rate=args.fault_rate, seed=args.seed or 0)
         tam_ids, lookalike_ids = _prepare(server, args)
     except ValueError as exc:
         parser.error(str(exc))
@@ -116,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lookalike_job_ids": lookalike_ids,
             "poll_interval": 1,
         }
-        args.write_config.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        # Written whole, then renamed: a script waiting for the file never reads half.
+        partial = args.write_config.with_name(args.write_config.name + ".partial")
+        partial.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        partial.replace(args.write_config)
     info = {
         "url": server.url,
         "api_key": args.api_key,

@@ -24,7 +24,7 @@ FUNDING_STAGES = (
     "Private",
     "Public",
 )
-ROW_QUIRKS = frozenset({"numbers_as_strings", "missing_fields", "extra_fields"})
+ROW_QUIRKS = frozenset({"numbers_as_strings", "missing_fields", "extra_fields", "renamed_fields"})
 
 _BAND_EMPLOYEES = {
     "1-10": (1, 10),
@@ -294,7 +294,12 @@ def _null_some(row: dict[str, t.Any], fields: tuple[str, ...], draws: bytes) -> 
 
 
 def apply_row_quirks(
-    row: dict[str, t.Any], job_id: str, index: int, quirks: Collection[str]
+    row: dict[str, t.Any],
+    job_id: str,
+    index: int,
+    quirks: Collection[str],
+    *,
+    rows_total: int = 0,
 ) -> None:
     """Distort one row in place the way the named quirks describe.
 
@@ -303,6 +308,7 @@ def apply_row_quirks(
         job_id: The job the row belongs to.
         index: Zero-based row number within the job.
         quirks: Quirk names; those that are not about rows are ignored.
+        rows_total: Rows of the whole job (renamed_fields starts at its half).
     """
     b = _digest(job_id, index)
     if "numbers_as_strings" in quirks:
@@ -316,6 +322,10 @@ def apply_row_quirks(
     if "extra_fields" in quirks:
         row["score_v2"] = round(b[58] / 255, 2)
         row["tags"] = ["beta", _pick(_KEYWORDS, b[57])]
+    if "renamed_fields" in quirks and index >= rows_total // 2:
+        # An API release that renames fields while the job's pages are being written.
+        row["company_name"] = row.pop("name", None)
+        row["website"] = row.pop("domain", None)
 
 
 def page_rows(  # noqa: PLR0913 - every argument is part of what makes a row
@@ -354,6 +364,6 @@ def page_rows(  # noqa: PLR0913 - every argument is part of what makes a row
         else:
             row = lookalike_row(job_id, index)
         if row_quirks:
-            apply_row_quirks(row, job_id, index, row_quirks)
+            apply_row_quirks(row, job_id, index, row_quirks, rows_total=rows_total)
         rows.append(row)
     return rows

@@ -17,6 +17,8 @@ QUIRKS = frozenset(
         "numbers_as_strings",
         "missing_fields",
         "extra_fields",
+        "renamed_fields",
+        "new_manifest_field",
         "empty_page_with_cursor",
         "repeat_cursor",
         "manifest_mismatch",

@@ -157,6 +157,9 @@ def _manifest(job: Job, state: JobState, layout: _Layout) -> dict[str, t.Any] | 
     if "extra_fields" in quirks:
         manifest["schema_version"] = 2
         manifest["tags"] = ["beta"]
+    if "new_manifest_field" in quirks:
+        # A field a later API release adds to the manifest, and nothing else.
+        manifest["credits_refunded"] = 7
     return manifest
 
 

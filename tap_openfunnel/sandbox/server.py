@@ -39,6 +39,8 @@ class RequestRecord:
         query: Query parameters (last value wins).
         status: Status sent, or 0 when the connection was dropped without an answer.
         fault: The injected fault or submit script entry, if any.
+        connection: The client's address and port: requests with the same value came
+            on the same (keep-alive) connection.
     """
 
     method: str
@@ -46,6 +48,7 @@ class RequestRecord:
     query: dict[str, str]
     status: int
     fault: str | None
+    connection: str = ""
 
 
 class SandboxNotStartedError(Exception):
@@ -60,11 +63,16 @@ class FakeOpenFunnel:
         latency: Seconds slept before answering each API request.
         page_size: Rows per page for jobs whose spec does not set one.
         credits_total: The account's credit allowance.
-        seed: Seed of job ids (and nothing else: rows derive from job ids).
+        seed: Seed of job ids (and nothing else: rows derive from job ids). None, the
+            default, draws one, so a restarted server never hands out an id that an
+            earlier one did (and that a tap's state may already mark as read); tests
+            that want the same ids every run pass a seed.
         host: Loopback address to bind.
         port: Port to bind; 0 picks a free one.
         cancel_seconds: How long a cancelled job stays ``cancelling``.
         clock: Monotonic clock driving every job (injectable for tests).
+        max_requests: Past this many API requests every answer is 410, so that a client
+            that loops fails instead of running for ever (None: no limit).
 
     Raises:
         ValueError: If ``host`` is not a loopback address.
@@ -77,11 +85,12 @@ class FakeOpenFunnel:
         latency: float = 0.0,
         page_size: int = 100,
         credits_total: float = 1_000_000.0,
-        seed: int = 0,
+        seed: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         cancel_seconds: float = 0.3,
         clock: Callable[[], float] = time.monotonic,
+        max_requests: int | None = None,
     ) -> None:
         if host != "localhost" and not _is_loopback(host):
             msg = f"The sandbox only binds loopback addresses, not {host!r}"
@@ -94,6 +103,7 @@ class FakeOpenFunnel:
         self.port = port
         self.cancel_seconds = cancel_seconds
         self.redirect_to: str | None = None
+        self.max_requests = max_requests
         self.submit_defaults: dict[str, JobSpec] = {
             "tam": JobSpec(kind="tam"),
             "lookalike": JobSpec(kind="lookalike"),
@@ -238,7 +248,7 @@ class FakeOpenFunnel:
         return {"submits": submits, "requests": count, "credits_used": self.credits_used}
 
     # ------------------------------------------------------------ request handling
-    def handle(self, exchange: Exchange) -> Outcome:
+    def handle(self, exchange: Exchange) -> Outcome:  # noqa: PLR0911 - one return per kind of answer
         """Answer one API request, faults included (called from the HTTP threads).
 
         Order: latency, redirect, submit script or random fault, then routing (which
@@ -250,6 +260,11 @@ class FakeOpenFunnel:
         Returns:
             What to send, and how.
         """
+        if self.max_requests is not None and len(self.requests) >= self.max_requests:
+            return Outcome(
+                json_answer(410, {"detail": "The sandbox refuses to serve for ever."}),
+                fault="max_requests",
+            )
         if self.latency > 0:
             time.sleep(self.latency)
         if self.redirect_to is not None and exchange.path.startswith("/api/"):
@@ -280,7 +295,14 @@ class FakeOpenFunnel:
         """Append a request record (called before the answer is written)."""
         with self._requests_lock:
             self.requests.append(
-                RequestRecord(exchange.method, exchange.path, exchange.query, status, fault)
+                RequestRecord(
+                    exchange.method,
+                    exchange.path,
+                    exchange.query,
+                    status,
+                    fault,
+                    exchange.connection,
+                )
             )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 import typing as t
 import uuid
@@ -31,13 +32,13 @@ class JobStore:
     """Every job of the fake account, guarded by one lock (nothing slow runs under it).
 
     Args:
-        seed: Seed of generated job ids.
+        seed: Seed of generated job ids; None draws one (ids unique per server start).
         clock: Monotonic clock driving the jobs.
     """
 
-    def __init__(self, *, seed: int, clock: Callable[[], float]) -> None:
+    def __init__(self, *, seed: int | None, clock: Callable[[], float]) -> None:
         self.clock = clock
-        self._seed = seed
+        self._seed = secrets.randbits(64) if seed is None else seed
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._unbilled: list[Job] = []

@@ -32,6 +32,7 @@ class Exchange:
         query: Query parameters (last value wins).
         body: Raw body.
         api_key: The ``X-API-Key`` header, if any.
+        connection: The client's address and port (one value per connection).
     """
 
     method: str
@@ -40,6 +41,7 @@ class Exchange:
     query: dict[str, str]
     body: bytes
     api_key: str | None
+    connection: str = ""
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,13 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length > 0 else b""
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         exchange = Exchange(
-            self.command, split.path, self.path, query, body, self.headers.get("X-API-Key")
+            self.command,
+            split.path,
+            self.path,
+            query,
+            body,
+            self.headers.get("X-API-Key"),
+            connection="{}:{}".format(*self.client_address[:2]),
         )
         app = self._httpd().app
         if split.path == STATS_PATH:

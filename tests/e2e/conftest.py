@@ -32,7 +32,7 @@ def meltano(meltano_installed, tmp_path) -> MeltanoProject:
 
 @pytest.fixture
 def fake_api():
-    with FakeOpenFunnel(api_keys=(E2E_API_KEY,)) as server:
+    with FakeOpenFunnel(api_keys=(E2E_API_KEY,), seed=0) as server:
         yield server
 
 

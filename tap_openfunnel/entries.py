@@ -1,4 +1,4 @@
-"""Jobs the tap submits from config: entry validation, fingerprints, and the budget check."""
+"""Jobs to submit, as config describes them: entry validation and request fingerprints."""
 
 from __future__ import annotations
 

@@ -1,0 +1,137 @@
+"""The job API: the HTTP verbs of both job families, and nothing about state or streams."""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from tap_openfunnel.decoding import decode_page_fields
+from tap_openfunnel.jobs import JobType
+from tap_openfunnel.pagination import Page
+
+if t.TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from tap_openfunnel.client import OpenFunnelClient
+
+BALANCE_PATH = "/api/v1/credits/balance"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where one job family lives: submit at ``base``, poll and commands below it."""
+
+    base: str
+
+    def job(self, job_id: str) -> str:
+        """The poll path of one job (the id escaped)."""
+        return f"{self.base}/{quote(job_id, safe='')}"
+
+    def command(self, job_id: str, command: str) -> str:
+        """The path of a command (``cancel``, ``pause``, ``resume``) on one job."""
+        return f"{self.job(job_id)}/{command}"
+
+
+# Every URL the tap calls for a job, in one place.
+ENDPOINTS: Mapping[JobType, Endpoints] = {
+    JobType.TAM: Endpoints("/api/v1/tam/build"),
+    JobType.LOOKALIKE: Endpoints("/api/v1/account/search-lookalikes-bulk"),
+}
+
+
+class JobAPI:
+    """Submit, poll, fetch a page, cancel, and read the balance.
+
+    Args:
+        client: The HTTP client (retries, error classification).
+    """
+
+    def __init__(self, client: OpenFunnelClient) -> None:
+        self.client = client
+        self._balance: dict[str, t.Any] | None = None
+
+    def submit(self, job_type: JobType, body: Mapping[str, t.Any]) -> dict[str, t.Any]:
+        """Create a job (billed); retried only when no job can have been created.
+
+        Args:
+            job_type: The job family.
+            body: The request body.
+
+        Returns:
+            The API's answer (with ``job_id``).
+        """
+        return self.client.submit(ENDPOINTS[job_type].base, body)
+
+    def poll(self, job_type: JobType, job_id: str, cursor: str | None) -> dict[str, t.Any]:
+        """Read a job's status, manifest and the page at ``cursor`` (None: the first).
+
+        Args:
+            job_type: The job family.
+            job_id: The job.
+            cursor: The page to return with the status.
+
+        Returns:
+            The decoded answer.
+        """
+        params = {"cursor": cursor} if cursor else None
+        return self.client.get(ENDPOINTS[job_type].job(job_id), params=params)
+
+    def page_body(self, job_type: JobType, job_id: str, cursor: str | None) -> bytes:
+        """Fetch one page's body, undecoded (safe to call from prefetch threads).
+
+        Args:
+            job_type: The job family.
+            job_id: The job.
+            cursor: The page (None: the first).
+
+        Returns:
+            The body; :meth:`read_page` decodes it.
+        """
+        params = {"cursor": cursor} if cursor else None
+        return self.client.get_bytes(ENDPOINTS[job_type].job(job_id), params=params)
+
+    def read_page(
+        self, job_type: JobType, job_id: str, cursor: str | None, body: bytes | None = None
+    ) -> Page:
+        """Decode a page's body (fetching it if None); a body that does not decode is re-read.
+
+        Args:
+            job_type: The job family.
+            job_id: The job.
+            cursor: The page (None: the first).
+            body: The body from :meth:`page_body`, if already fetched.
+
+        Returns:
+            The page.
+        """
+        params = {"cursor": cursor} if cursor else None
+        fields = self.client.get_decoded(
+            ENDPOINTS[job_type].job(job_id), params, decode_page_fields, body=body
+        )
+        return Page.from_response(fields)
+
+    def cancel(self, job_type: JobType, job_id: str) -> dict[str, t.Any]:
+        """Ask OpenFunnel to cancel a job (safe to repeat).
+
+        Args:
+            job_type: The job family.
+            job_id: The job.
+
+        Returns:
+            The API's answer.
+        """
+        return self.client.post_idempotent(ENDPOINTS[job_type].command(job_id, "cancel"))
+
+    def balance(self) -> dict[str, t.Any]:
+        """The account's credit balance, read once per run.
+
+        The planner needs it before submitting and the ``credits_balance`` stream
+        reports it: one request serves both.
+
+        Returns:
+            ``{total_credits, credits_used, credits_left}`` as the API sent them.
+        """
+        if self._balance is None:
+            self._balance = self.client.get(BALANCE_PATH)
+        return self._balance

@@ -1,0 +1,254 @@
+"""The single writer of each job's state partition, and the rule that keeps state honest."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+from dataclasses import dataclass
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+
+_SUBMISSION_FIELDS = ("origin", "fingerprint", "submitted_at", "request")
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where reading a job stands.
+
+    Attributes:
+        cursor: The next page to read (None: the first page, or nothing left when done).
+        rows_read: Rows of the job delivered before that page, over all runs.
+        done: The job was read to the end.
+    """
+
+    cursor: str | None = None
+    rows_read: int = 0
+    done: bool = False
+
+
+class Checkpoint:
+    """Writes every job's state partition; nothing else does.
+
+    A partition lives at ``bookmarks.<stream>.partitions[]`` with context
+    ``{"job_id": ...}`` and holds the reading position (``next_cursor``, ``rows_read``,
+    ``done``), the submission (``origin``, ``fingerprint``, ``submitted_at``,
+    ``request``) and ``failed``.
+
+    **Invariant: a partition in the tap's state only ever holds what is durable
+    downstream.** The cursor moves past a page only once every record before it is
+    durable: written to stdout when records are written as they come, or, in BATCH
+    mode, inside a batch file whose BATCH message is out. So whatever writes the tap's
+    state, whenever it does (after each page, after each BATCH message, at stream end,
+    or from a signal handler in the middle of a page), it can only write durable
+    positions. Progress that is not durable yet is kept here, outside the state, until
+    :meth:`promote` moves it in.
+
+    Args:
+        partition: Returns the live state partition of a job in a stream.
+        emit: Writes a STATE message with the tap's whole state.
+        hold_until_promoted: True in BATCH mode: pages read are durable only once the
+            batch file holding them has been announced.
+    """
+
+    def __init__(
+        self,
+        partition: Callable[[str, str], dict[str, t.Any]],
+        emit: Callable[[], None],
+        *,
+        hold_until_promoted: bool = False,
+    ) -> None:
+        self._partition = partition
+        self._emit = emit
+        self.hold_until_promoted = hold_until_promoted
+        self._streams: dict[str, str] = {}
+        self._handed: dict[str, Position] = {}
+
+    def register(self, job_id: str, stream_name: str) -> None:
+        """Say which stream's state holds a job.
+
+        Args:
+            job_id: The job.
+            stream_name: Its company stream.
+        """
+        self._streams[job_id] = stream_name
+
+    def position(self, job_id: str) -> Position:
+        """The durable reading position of a job, where a read resumes.
+
+        Args:
+            job_id: A registered job.
+
+        Returns:
+            The position.
+        """
+        state = self._state(job_id)
+        cursor = state.get("next_cursor")
+        rows = state.get("rows_read", 0)
+        return Position(
+            cursor=cursor if isinstance(cursor, str) and cursor else None,
+            rows_read=rows if isinstance(rows, int) and not isinstance(rows, bool) else 0,
+            done=state.get("done") is True,
+        )
+
+    def submission(self, job_id: str) -> dict[str, t.Any]:
+        """What state remembers of a job's submission (empty for a job from config).
+
+        Args:
+            job_id: A registered job.
+
+        Returns:
+            ``origin``, ``fingerprint``, ``submitted_at`` and ``request``, where present.
+        """
+        state = self._state(job_id)
+        return {key: state[key] for key in _SUBMISSION_FIELDS if key in state}
+
+    def submitted(
+        self,
+        job_id: str,
+        *,
+        fingerprint: str,
+        request: Mapping[str, t.Any],
+        submitted_at: str,
+    ) -> None:
+        """Record a job just submitted, and write it out before anything else happens.
+
+        A run killed from here on re-attaches to this job instead of paying for a
+        second one.
+
+        Args:
+            job_id: The new job.
+            fingerprint: The entry's fingerprint.
+            request: The body sent.
+            submitted_at: When, ISO 8601.
+        """
+        self._state(job_id).update(
+            {
+                "origin": "submitted",
+                "fingerprint": fingerprint,
+                "submitted_at": submitted_at,
+                "request": dict(request),
+            },
+        )
+        self._emit()
+
+    def failed(self, job_id: str) -> None:
+        """Record that OpenFunnel reports the job failed (its entry is submitted again).
+
+        Args:
+            job_id: The job.
+        """
+        self._state(job_id)["failed"] = True
+        self._emit()
+
+    def page_read(self, job_id: str, *, next_cursor: str | None, rows_read: int) -> None:
+        """Note that every record of a page has been handed downstream.
+
+        Args:
+            job_id: The job.
+            next_cursor: The page's ``next_cursor`` (None: the job is read to the end).
+            rows_read: Rows of the job handed so far, over all runs.
+        """
+        self._handed[job_id] = Position(next_cursor, rows_read, done=next_cursor is None)
+        if not self.hold_until_promoted:
+            # Records written as they come are on stdout before the generator that
+            # produced them resumes: the page is durable now.
+            self.promote(self.handed())
+
+    def handed(self) -> dict[str, Position]:
+        """Positions handed downstream but not promoted yet (a snapshot)."""
+        return dict(self._handed)
+
+    def promote(self, positions: Mapping[str, Position]) -> None:
+        """Move positions that are now durable into the state, and write it out.
+
+        Args:
+            positions: A snapshot from :meth:`handed`, taken when the records before
+                those positions became durable.
+        """
+        if not positions:
+            return
+        for job_id, position in positions.items():
+            state = self._state(job_id)
+            # One update per partition: a signal handler writing state between two
+            # statements sees either the old position or the new one.
+            state.update(
+                {"rows_read": position.rows_read, "next_cursor": position.cursor}
+                if not position.done
+                else {"rows_read": position.rows_read, "done": True},
+            )
+            if position.done:
+                state.pop("next_cursor", None)
+            if self._handed.get(job_id) == position:
+                del self._handed[job_id]
+        self._emit()
+
+    def write(self) -> None:
+        """Write the state as it is: by the invariant, durable positions only."""
+        self._emit()
+
+    def _state(self, job_id: str) -> dict[str, t.Any]:
+        return self._partition(self._streams[job_id], job_id)
+
+
+_PARTITION_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "next_cursor": ((str, type(None)), "a page name or null"),
+    "rows_read": ((int,), "a whole number of at least 0"),
+    "done": ((bool,), "true or false"),
+    "failed": ((bool,), "true or false"),
+    "origin": ((str,), "a string"),
+    "fingerprint": ((str,), "a string"),
+    "submitted_at": ((str,), "an ISO 8601 time"),
+    "request": ((dict,), "an object"),
+}
+
+
+def state_problem(state: object) -> str | None:
+    """Say what is wrong with a state the tap is given, before anything reads it.
+
+    Checks the shape the SDK needs (objects where it expects objects) and every field
+    of every job partition, whichever stream it is under.
+
+    Args:
+        state: The decoded ``--state`` file.
+
+    Returns:
+        Where and what the first problem is, or None for a usable state.
+    """
+    if not isinstance(state, dict):
+        return f"the state is a JSON {type(state).__name__}, not an object"
+    bookmarks = state.get("bookmarks", {})
+    if not isinstance(bookmarks, dict):
+        return "'bookmarks' is not an object"
+    for stream, entry in bookmarks.items():
+        where = f"bookmarks.{stream}"
+        if not isinstance(entry, dict):
+            return f"{where} is not an object"
+        partitions = entry.get("partitions", [])
+        if not isinstance(partitions, list):
+            return f"{where}.partitions is not a list"
+        for index, partition in enumerate(partitions):
+            problem = _partition_problem(partition)
+            if problem is not None:
+                return f"{where}.partitions[{index}]{problem}"
+    return None
+
+
+def _partition_problem(partition: object) -> str | None:
+    if not isinstance(partition, dict):
+        return " is not an object"
+    context = partition.get("context")
+    if not isinstance(context, dict):
+        return " has no 'context' object"
+    job_id = context.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        return ".context.job_id is not a job id"
+    for name, (types, wanted) in _PARTITION_FIELDS.items():
+        if name not in partition:
+            continue
+        value = partition[name]
+        bad_type = not isinstance(value, types) or (bool in types) != isinstance(value, bool)
+        if bad_type or (name == "rows_read" and value < 0):
+            return f".{name} is {json.dumps(value)[:40]}, not {wanted}"
+    return None

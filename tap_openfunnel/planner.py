@@ -1,0 +1,317 @@
+"""The run's plan: config and state in, one decision per job out, the budget checked."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import typing as t
+from dataclasses import dataclass
+from enum import Enum
+
+from tap_openfunnel.budget import credits_text
+from tap_openfunnel.exceptions import NotFoundError, OpenFunnelError
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from tap_openfunnel.api import JobAPI
+    from tap_openfunnel.entries import BuildEntry
+    from tap_openfunnel.jobs import JobType
+    from tap_openfunnel.settings import Settings
+
+LOGGER = logging.getLogger("tap-openfunnel")
+
+
+class BudgetError(OpenFunnelError):
+    """Submitting would exceed the balance or ``max_credits``; nothing was submitted."""
+
+
+class Action(str, Enum):
+    """What the run does with one job."""
+
+    ATTACH = "attach"  # a job id from config: wait for it and read it
+    REATTACH = "re-attach"  # an entry's job from an earlier run, still known to the API
+    SKIP = "skip"  # read to the end in an earlier run: no request at all
+    SUBMIT = "submit"  # an entry with no usable job yet: billed
+    REFRESH = "refresh"  # an entry whose job is older than refresh_after: billed again
+
+
+SUBMITTING = frozenset({Action.SUBMIT, Action.REFRESH})
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One decision of the plan.
+
+    Attributes:
+        action: What to do.
+        stream_name: The company stream the job's rows go to.
+        job_type: The job family.
+        job_id: The job (None for a submit, until it is sent).
+        entry: The config entry behind it, if any.
+        reason: Why, in words, for the log and the dry run.
+    """
+
+    action: Action
+    stream_name: str
+    job_type: JobType
+    job_id: str | None
+    entry: BuildEntry | None
+    reason: str
+
+    @property
+    def label(self) -> str:
+        """How messages name the job."""
+        if self.entry is not None:
+            return self.entry.label
+        return f"job {self.job_id}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every decision of the run, and what the submits among them could cost.
+
+    Attributes:
+        jobs: The decisions, in config order.
+        credits_left: The balance, read only when something is to be submitted.
+        max_credits: The per-run cap.
+        budget_problem: Why the submits are refused, or None when they are affordable.
+    """
+
+    jobs: tuple[PlannedJob, ...]
+    credits_left: float | None
+    max_credits: float | None
+    budget_problem: str | None
+
+    @property
+    def submits(self) -> list[PlannedJob]:
+        """The billed decisions."""
+        return [job for job in self.jobs if job.action in SUBMITTING]
+
+    def check_budget(self) -> None:
+        """Refuse the run before anything is submitted when the budget cannot cover it.
+
+        Raises:
+            BudgetError: Naming the shortfall.
+        """
+        if self.budget_problem is not None:
+            raise BudgetError(self.budget_problem)
+
+    def describe(self) -> list[str]:
+        """The plan in words: one line per job, then the cost against the budget.
+
+        Returns:
+            Lines for a person to read.
+        """
+        lines = [f"Plan: {len(self.jobs)} job(s)."]
+        for job in self.jobs:
+            target = f"job {job.job_id}" if job.job_id else "a new job"
+            what = f"{job.entry.label}: " if job.entry is not None else ""
+            cost = ""
+            if job.action in SUBMITTING and job.entry is not None:
+                worst = job.entry.worst_case_credits
+                cost = (
+                    f" (up to {worst:,.0f} credits)"
+                    if worst is not None
+                    else " (1 credit per company delivered; no upper bound)"
+                )
+            lines.append(
+                f"  {job.action.value:<9} {job.stream_name}: {what}{target}{cost}; {job.reason}"
+            )
+        if self.submits:
+            worst = sum(job.entry.worst_case_credits or 0 for job in self.submits if job.entry)
+            left = "unknown" if self.credits_left is None else f"{self.credits_left:,.0f}"
+            cap = "none" if self.max_credits is None else f"{self.max_credits:,.0f}"
+            lines.append(
+                f"Submits: {len(self.submits)}, worst case {worst:,.0f} credits"
+                f"{' plus what the TAM builds deliver' if _has_tam(self.submits) else ''}; "
+                f"balance {left}; max_credits {cap}."
+            )
+            lines.append(
+                f"Budget: REFUSED. {self.budget_problem}"
+                if self.budget_problem
+                else "Budget: the submits fit the balance and max_credits."
+            )
+        else:
+            lines.append("Submits: none; this run spends no credits on new jobs.")
+        return lines
+
+
+def _has_tam(jobs: Sequence[PlannedJob]) -> bool:
+    return any(job.entry is not None and job.entry.worst_case_credits is None for job in jobs)
+
+
+class Planner:
+    """Turns config and state into the run's plan; sends no billed request.
+
+    It reads the balance when something is to be submitted, and polls each job that an
+    entry remembers, to tell a live job (re-attach) from a gone one (submit again).
+
+    Args:
+        settings: The tap's settings.
+        api: The job API.
+        streams: The selected company streams, by the job family they read.
+        partitions: Returns every state partition of a stream (read only).
+        now: Wall clock, for ``refresh_after``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        api: JobAPI,
+        streams: Mapping[JobType, str],
+        partitions: Callable[[str], Sequence[Mapping[str, t.Any]]],
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.streams = streams
+        self.partitions = partitions
+        self.now = now
+
+    def plan(self) -> Plan:
+        """Decide, per job, what this run does.
+
+        Returns:
+            The plan.
+        """
+        jobs: list[PlannedJob] = []
+        for job_type, stream_name in self.streams.items():
+            states = list(self.partitions(stream_name))
+            by_id = {_job_id(state): state for state in states}
+            for job_id in self.settings.job_ids(job_type):
+                if by_id.get(job_id, {}).get("done"):
+                    action, reason = Action.SKIP, "read to the end in an earlier run"
+                else:
+                    action, reason = Action.ATTACH, "configured by id"
+                jobs.append(PlannedJob(action, stream_name, job_type, job_id, None, reason))
+            jobs.extend(
+                self._for_entry(entry, stream_name, states)
+                for entry in self.settings.entries
+                if entry.job_type is job_type
+            )
+        jobs = _once_per_job(jobs)
+        submits = [job.entry for job in jobs if job.action in SUBMITTING and job.entry]
+        credits_left = self._credits_left() if submits else None
+        problem = budget_problem(
+            submits,
+            credits_left=credits_left,
+            max_credits=self.settings.max_credits,
+        )
+        return Plan(tuple(jobs), credits_left, self.settings.max_credits, problem)
+
+    def _for_entry(
+        self,
+        entry: BuildEntry,
+        stream_name: str,
+        states: Sequence[Mapping[str, t.Any]],
+    ) -> PlannedJob:
+        def decide(action: Action, job_id: str | None, reason: str) -> PlannedJob:
+            return PlannedJob(action, stream_name, entry.job_type, job_id, entry, reason)
+
+        remembered = [state for state in states if state.get("fingerprint") == entry.fingerprint]
+        if not remembered:
+            return decide(Action.SUBMIT, None, "new entry")
+        state = max(remembered, key=lambda item: str(item.get("submitted_at", "")))
+        job_id = _job_id(state)
+        if self._refresh_due(state):
+            days = self.settings.refresh_after_days
+            return decide(
+                Action.REFRESH,
+                None,
+                f"its job {job_id} is older than refresh_after ({days:g} days)",
+            )
+        if state.get("done"):
+            return decide(
+                Action.SKIP, job_id, f"its job {job_id} was read to the end in an earlier run"
+            )
+        if state.get("failed"):
+            return decide(Action.SUBMIT, None, f"its job {job_id} failed in an earlier run")
+        try:
+            self.api.poll(entry.job_type, job_id, None)
+        except NotFoundError:
+            return decide(
+                Action.SUBMIT, None, f"its job {job_id} is gone (HTTP 404 for this API key)"
+            )
+        return decide(
+            Action.REATTACH, job_id, "submitted in an earlier run, still known to the API"
+        )
+
+    def _refresh_due(self, state: Mapping[str, t.Any]) -> bool:
+        days = self.settings.refresh_after_days
+        submitted = state.get("submitted_at")
+        if days is None or not isinstance(submitted, str):
+            return False
+        try:
+            when = dt.datetime.fromisoformat(submitted)
+        except ValueError:
+            return False
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        return self.now() - when >= dt.timedelta(days=days)
+
+    def _credits_left(self) -> float | None:
+        body = self.api.balance()
+        left = body.get("credits_left")
+        if isinstance(left, (int, float)) and not isinstance(left, bool):
+            return float(left)
+        LOGGER.warning(
+            "The credits balance answer has no numeric credits_left (fields: %s); the "
+            "balance check is skipped and only max_credits applies.",
+            ", ".join(sorted(str(key) for key in body)[:10]) or "none",
+        )
+        return None
+
+
+def _job_id(state: Mapping[str, t.Any]) -> str:
+    return str(state["context"]["job_id"])
+
+
+def _once_per_job(jobs: list[PlannedJob]) -> list[PlannedJob]:
+    """A job both configured by id and remembered for an entry is read once."""
+    seen: set[str] = set()
+    kept = []
+    for job in jobs:
+        if job.job_id is not None:
+            if job.job_id in seen:
+                continue
+            seen.add(job.job_id)
+        kept.append(job)
+    return kept
+
+
+def budget_problem(
+    entries: Sequence[BuildEntry],
+    *,
+    credits_left: float | None,
+    max_credits: float | None,
+) -> str | None:
+    """Why the balance or the cap cannot cover the submits, or None when they can.
+
+    Args:
+        entries: The entries about to be submitted.
+        credits_left: The account balance (None: unknown).
+        max_credits: The per-run cap (None: none).
+
+    Returns:
+        A message naming the shortfall, or None.
+    """
+    if not entries:
+        return None
+    worst = sum(entry.worst_case_credits or 0.0 for entry in entries)
+    labels = ", ".join(entry.label for entry in entries)
+    if max_credits is not None and worst > max_credits:
+        return (
+            f"The searches about to be submitted ({labels}) could cost up to {worst:,.0f} "
+            f"credits, above max_credits ({max_credits:,.0f}). Nothing was submitted. Lower "
+            "their 'limit', or raise 'max_credits'."
+        )
+    if credits_left is not None and (worst > credits_left or credits_left <= 0):
+        tam = any(entry.worst_case_credits is None for entry in entries)
+        return (
+            f"The account has {credits_text(credits_left)} credits left, but the jobs about to be "
+            f"submitted ({labels}) could cost up to {worst:,.0f}"
+            f"{' plus what the TAM builds deliver' if tam else ''}. Nothing was submitted. "
+            "Top up the account or lower the searches' 'limit'."
+        )
+    return None

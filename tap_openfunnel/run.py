@@ -1,0 +1,340 @@
+"""Carrying out the plan: submit, wait on every job together, and the run's outcomes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import typing as t
+from dataclasses import dataclass
+
+from tap_openfunnel.budget import BudgetGuard
+from tap_openfunnel.exceptions import (
+    ApiError,
+    ConflictError,
+    JobError,
+    JobFailedError,
+    OpenFunnelError,
+    RowCountMismatchError,
+)
+from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, TrackedJob
+from tap_openfunnel.outcomes import log_summary, row_count_mismatch
+from tap_openfunnel.planner import SUBMITTING, Action
+
+if t.TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from tap_openfunnel.api import JobAPI
+    from tap_openfunnel.checkpoint import Checkpoint
+    from tap_openfunnel.planner import Plan, PlannedJob
+    from tap_openfunnel.settings import Settings
+
+LOGGER = logging.getLogger("tap-openfunnel")
+
+
+class JobsFailedError(OpenFunnelError):
+    """One or more jobs could not be extracted; the others were."""
+
+
+@dataclass
+class JobProgress:
+    """What this run did with one job (for the jobs stream and the summary)."""
+
+    job_id: str
+    job_type: JobType
+    stream_name: str
+    origin: str = "config"
+    request: Mapping[str, t.Any] | None = None
+    submitted_at: str | None = None
+    submitted_this_run: bool = False
+    pages_read: int = 0
+    rows_read: int = 0
+
+
+class Run:
+    """One run's jobs, from the plan to their outcomes.
+
+    :meth:`start` submits what the plan says to submit and starts waiting on every
+    job; each company stream then takes its jobs from :meth:`jobs_to_read`, waits for
+    each, and hands every page's end to the checkpoint. A problem with one job fails
+    that job; the others are still extracted and the run fails at the end.
+
+    Args:
+        plan: The run's plan.
+        api: The job API.
+        checkpoint: The writer of every job's state.
+        settings: The tap's settings.
+        poller_factory: Builds the poller (tests inject a fake clock and sleep).
+        may_submit: False leaves the plan's submits out (the run is a check).
+    """
+
+    def __init__(  # noqa: PLR0913 - the run's collaborators, passed in for tests
+        self,
+        plan: Plan,
+        api: JobAPI,
+        checkpoint: Checkpoint,
+        settings: Settings,
+        poller_factory: Callable[..., JobPoller] = JobPoller,
+        *,
+        may_submit: bool = True,
+    ) -> None:
+        self.plan = plan
+        self.may_submit = may_submit
+        self.api = api
+        self.checkpoint = checkpoint
+        self.settings = settings
+        self.poller = poller_factory(
+            api.poll,
+            poll_interval=settings.poll_interval,
+            max_poll_interval=settings.max_poll_interval,
+            job_timeout=settings.job_timeout,
+            on_snapshot=self._on_snapshot,
+        )
+        self.progress: dict[str, JobProgress] = {}
+        self.budget = BudgetGuard(settings.max_credits, cancel=self.cancel)
+        self.failures: dict[str, JobError] = {}
+        self._to_read: dict[str, list[str]] = {}
+        self._started = False
+
+    # Submit and wait --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Submit the plan's new jobs, then start waiting on every job (once).
+
+        Submits go out only when the first job stream starts, not before the sync: a
+        sync stopped at the first record of ``credits_balance`` (Meltano's ``config
+        test``) spends nothing.
+        """
+        if self._started:
+            return
+        self._started = True
+        self.plan.check_budget()
+        for planned in self.plan.jobs:
+            self._to_read.setdefault(planned.stream_name, [])
+            if planned.action is Action.SKIP:
+                LOGGER.info("%s: %s; skipping.", planned.label, planned.reason)
+                continue
+            if planned.action in SUBMITTING and not self.may_submit:
+                LOGGER.warning(
+                    "%s: not submitted: stdout and stderr are one pipe, as under 'meltano "
+                    "config test', which stops the tap at its first record. A run into a "
+                    "target submits it.",
+                    planned.label,
+                )
+                continue
+            job_id = self._submit(planned) if planned.action in SUBMITTING else planned.job_id
+            assert job_id is not None  # noqa: S101 - only submits are planned without an id
+            if planned.action is Action.REATTACH:
+                LOGGER.info("%s: re-attaching to job %s.", planned.label, job_id)
+            self._track(planned, job_id)
+
+    def jobs_to_read(self, stream_name: str) -> list[str]:
+        """The jobs whose pages ``stream_name`` reads in this run.
+
+        Args:
+            stream_name: A company stream.
+
+        Returns:
+            Job ids, in plan order.
+        """
+        self.start()
+        return list(self._to_read.get(stream_name, []))
+
+    def _submit(self, planned: PlannedJob) -> str:
+        entry = planned.entry
+        assert entry is not None  # noqa: S101 - submits always come from an entry
+        LOGGER.info("%s: submitting (%s).", entry.label, planned.reason)
+        answer = self.api.submit(entry.job_type, entry.body)
+        job_id = answer.get("job_id")
+        if not isinstance(job_id, str) or not job_id:
+            msg = (
+                f"Submitting {entry.label} succeeded (HTTP 2xx) but the answer has no job_id, "
+                "so the job cannot be followed. Check your OpenFunnel jobs before running "
+                "again; attach one by id with 'tam_job_ids' / 'lookalike_job_ids'."
+            )
+            raise ApiError(msg)
+        self.checkpoint.register(job_id, planned.stream_name)
+        submitted_at = dt.datetime.now(dt.timezone.utc).isoformat()
+        # The job id is written out before the wait begins.
+        self.checkpoint.submitted(
+            job_id,
+            fingerprint=entry.fingerprint,
+            request=entry.body,
+            submitted_at=submitted_at,
+        )
+        LOGGER.info("%s: submitted as job %s.", entry.label, job_id)
+        self.progress[job_id] = JobProgress(
+            job_id,
+            entry.job_type,
+            planned.stream_name,
+            origin="submitted",
+            request=dict(entry.body),
+            submitted_at=submitted_at,
+            submitted_this_run=True,
+        )
+        return job_id
+
+    def _track(self, planned: PlannedJob, job_id: str) -> None:
+        self.checkpoint.register(job_id, planned.stream_name)
+        if job_id not in self.progress:
+            entry = planned.entry
+            remembered = self.checkpoint.submission(job_id) if entry is not None else {}
+            self.progress[job_id] = JobProgress(
+                job_id,
+                planned.job_type,
+                planned.stream_name,
+                origin="submitted" if entry is not None else "config",
+                request=dict(entry.body) if entry is not None else None,
+                submitted_at=remembered.get("submitted_at"),
+            )
+        self._to_read[planned.stream_name].append(job_id)
+        self.poller.track(
+            job_id,
+            planned.job_type,
+            cursor=self.checkpoint.position(job_id).cursor,
+        )
+
+    def wait(self, job_id: str) -> JobSnapshot | None:
+        """Wait until the job is terminal (polling the others meanwhile).
+
+        Args:
+            job_id: A job of the run.
+
+        Returns:
+            The terminal snapshot when its pages can be read, else None (recorded as
+            the job's failure).
+        """
+        try:
+            snapshot = self.poller.wait_for(job_id)
+        except JobError as exc:
+            self.fail(exc)
+            return None
+        if snapshot.status == JobStatus.FAILED.value:
+            self.checkpoint.failed(job_id)
+            reason = snapshot.body.get("error_message") or "no error_message given"
+            self.fail(
+                JobFailedError(
+                    job_id,
+                    f"Job {job_id} ({snapshot.job_type.value}) failed at OpenFunnel: "
+                    f"{reason}. Its rows were not extracted. Submit a new job, or ask "
+                    "OpenFunnel support about this one.",
+                ),
+            )
+            return None
+        if snapshot.status == JobStatus.CANCELLED.value:
+            LOGGER.warning(
+                "Job %s was cancelled: extracting the %s companies delivered before the "
+                "cancel. The set is partial (see the jobs stream).",
+                job_id,
+                snapshot.body.get("processed", "?"),
+            )
+        return snapshot
+
+    def wait_all(self) -> list[TrackedJob]:
+        """Wait on every job of the run together.
+
+        Returns:
+            Every job waited on, in plan order.
+        """
+        self.start()
+        self.poller.wait_all()
+        return list(self.poller.jobs.values())
+
+    # Reading ----------------------------------------------------------------------
+
+    def page_read(self, job_id: str, rows: int) -> None:
+        """Count a page delivered, for the summary.
+
+        Args:
+            job_id: The job.
+            rows: Rows the page held.
+        """
+        progress = self.progress[job_id]
+        progress.pages_read += 1
+        progress.rows_read += rows
+
+    def check_row_count(self, snapshot: JobSnapshot, rows_total: int) -> None:
+        """Compare the rows read over all runs with the manifest's count.
+
+        Args:
+            snapshot: The job's terminal snapshot.
+            rows_total: Rows read for the job, this run and earlier ones.
+        """
+        problem = row_count_mismatch(snapshot, rows_total)
+        if problem is None:
+            return
+        if self.settings.strict_row_count:
+            self.fail(RowCountMismatchError(snapshot.job_id, problem))
+        else:
+            LOGGER.warning("%s", problem)
+
+    # Outcomes ---------------------------------------------------------------------
+
+    def fail(self, error: JobError) -> None:
+        """Record a job that cannot be extracted; the run goes on with the others.
+
+        Args:
+            error: What went wrong.
+        """
+        if error.job_id not in self.failures:
+            self.failures[error.job_id] = error
+            LOGGER.error("%s", error)
+
+    def raise_for_failures(self) -> None:
+        """End the run with an error if any job could not be extracted.
+
+        Raises:
+            JobsFailedError: Naming every such job.
+        """
+        if not self.failures:
+            return
+        count = len(self.failures)
+        names = ", ".join(self.failures)
+        msg = (
+            f"{count} job(s) could not be extracted ({names}); the data of the other jobs "
+            "was delivered and state saved. The reason for each is logged above."
+        )
+        raise JobsFailedError(msg)
+
+    def log_summary(self) -> None:
+        """Log one line per stream and one for the run: jobs, pages, records, credits."""
+        streams = list(dict.fromkeys(job.stream_name for job in self.plan.jobs))
+        log_summary(streams, self.progress.values(), self.poller.jobs.values(), self.failures)
+
+    # Spending ---------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> None:
+        """Ask OpenFunnel to cancel a job; an already finished one is fine.
+
+        Args:
+            job_id: A job of the run.
+        """
+        try:
+            self.api.cancel(self.progress[job_id].job_type, job_id)
+        except ConflictError:
+            LOGGER.info("Job %s had already finished; nothing to cancel.", job_id)
+        except ApiError as exc:
+            LOGGER.warning("Could not cancel job %s: %s", job_id, exc)
+
+    def cancel_submitted(self) -> list[str]:
+        """Cancel the jobs this run submitted that are not terminal yet.
+
+        Returns:
+            The jobs asked to cancel.
+        """
+        cancelled = []
+        for progress in self.progress.values():
+            tracked = self.poller.jobs.get(progress.job_id)
+            if not progress.submitted_this_run or (tracked is not None and tracked.settled):
+                continue
+            self.cancel(progress.job_id)
+            cancelled.append(progress.job_id)
+        return cancelled
+
+    def _on_snapshot(self, job: TrackedJob, snapshot: JobSnapshot) -> None:
+        progress = self.progress.get(job.job_id)
+        if progress is None or progress.origin != "submitted":
+            return
+        reserved = 0.0
+        if progress.submitted_this_run and progress.job_type is JobType.LOOKALIKE:
+            reserved = float((progress.request or {}).get("limit", 0))
+        self.budget.observe(snapshot, reserved=reserved)

@@ -1,0 +1,245 @@
+"""A small, deliberately pathological OpenFunnel on loopback, for tests/test_hostile.py.
+
+It is not the sandbox: it serves completed TAM jobs only, and each job can be given a
+pathology that a broken or hostile API might show. It refuses to serve for ever: past
+``max_requests`` it answers 410, so a tap that loops shows up as a failed assertion,
+not as a hung test.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+PAGE_SIZE = 100
+TAM_PATH = "/api/v1/tam/build/"
+
+
+def page_name(index: int) -> str:
+    return f"page_{index:04d}"
+
+
+def page_number(cursor: str | None) -> int:
+    digits = (cursor or "page_0000").removeprefix("page_")
+    return int(digits) if digits.isdigit() else -1
+
+
+def company(job_id: str, index: int) -> dict[str, Any]:
+    return {
+        "name": f"Company {index}",
+        "domain": f"c{index}.{job_id}.example",
+        "employee_count": index,
+        "industries": ["Software"],
+    }
+
+
+@dataclass
+class HostileJob:
+    """A completed job of ``rows`` rows, and what is wrong with it.
+
+    Attributes:
+        rows: Rows in the job.
+        pathology: One of the names in ``HostileAPI.answer`` (None: a sound job).
+        manifest_pages: Overrides ``manifest.pages`` (default: the real count).
+        text: Replaces the name of the first row (odd strings).
+        row_values: Extra values merged into the first row.
+        body_extra: Extra top-level fields of every answer.
+    """
+
+    rows: int = 250
+    pathology: str | None = None
+    manifest_pages: Any = None
+    text: str | None = None
+    row_values: dict[str, Any] = field(default_factory=dict)
+    body_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Served:
+    method: str
+    path: str
+    cursor: str | None
+    status: int
+
+
+class HostileAPI:
+    """The server: ``with HostileAPI({...jobs...}, api_key=...) as api: api.url``."""
+
+    def __init__(
+        self, jobs: dict[str, HostileJob], *, api_key: str, max_requests: int = 1500
+    ) -> None:
+        self.jobs = jobs
+        self.api_key = api_key
+        self.max_requests = max_requests
+        self.served: list[Served] = []
+        self.lock = threading.Lock()
+        self.attempts: dict[tuple[str, str | None], int] = {}
+        handler = type("Handler", (_Handler,), {"api": self})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def pages_served(self, job_id: str) -> list[Served]:
+        return [s for s in self.served if s.path.endswith(job_id) and s.status == 200]
+
+    # What a poll of one job answers -----------------------------------------------
+
+    def answer(  # noqa: C901, PLR0911, PLR0912 - one branch per pathology, read as a table
+        self, job_id: str, cursor: str | None
+    ) -> tuple[int, dict[str, str], Any]:
+        job = self.jobs[job_id]
+        pages = max(1, -(-job.rows // PAGE_SIZE))
+        index = page_number(cursor)
+        with self.lock:
+            attempt = self.attempts.get((job_id, cursor), 0) + 1
+            self.attempts[(job_id, cursor)] = attempt
+        kind = job.pathology
+        name = page_name(index)
+        next_cursor = page_name(index + 1) if index + 1 < pages else None
+        first = index * PAGE_SIZE
+        rows = [company(job_id, i + 1) for i in range(first, min(first + PAGE_SIZE, job.rows))]
+        headers: dict[str, str] = {}
+        if (kind == "cycle_to_first" and index == pages - 1) or (
+            kind == "self_loop_first" and index == 0
+        ):
+            next_cursor = page_name(0)
+        elif kind == "old_page_fresh_cursor" and cursor == "fresh":
+            name, rows, next_cursor = (
+                page_name(0),
+                [company(job_id, i + 1) for i in range(100)],
+                None,
+            )
+        elif kind == "old_page_fresh_cursor" and index == pages - 1:
+            next_cursor = "fresh"
+        elif kind == "endless_fresh":
+            rows = [company(job_id, first + i + 1) for i in range(PAGE_SIZE)]
+            next_cursor = page_name(index + 1)
+        elif kind == "endless_empty" and index >= 1:
+            rows, next_cursor = [], page_name(index + 1)
+        elif kind == "page_404" and index == 1:
+            return 404, {}, {"detail": "Not Found"}
+        elif kind == "retry_after_nan" and attempt <= 2:
+            return 429, {"Retry-After": "nan"}, {"detail": "slow down"}
+        elif kind == "retry_after_huge" and attempt <= 1:
+            return 429, {"Retry-After": "1e400"}, {"details": {"retry_after_seconds": 1e308}}
+        elif kind == "trickle" and index == 1:
+            return 200, {"X-Trickle": "0.5"}, {"rows": rows, "page": name}
+        elif kind == "rows_not_list" and index == 1:
+            return 200, {}, {"status": "completed", "rows": "oops", "page": name}
+        elif kind == "deep_nesting" and index == 1:
+            nested: Any = "x"
+            for _ in range(100_000):
+                nested = [nested]
+            return 200, {}, {"status": "completed", "rows": nested}
+        elif kind == "html" and index == 1:
+            return 200, {"Content-Type": "text/html"}, "<html>maintenance</html>"
+        elif kind == "redirect" and index == 1:
+            return 302, {"Location": "http://203.0.113.9/steal"}, {}
+        if rows and (job.text is not None or job.row_values) and index == 0:
+            rows[0] = {**rows[0], **job.row_values}
+            if job.text is not None:
+                rows[0]["name"] = job.text
+        manifest = {
+            "pages": pages if job.manifest_pages is None else job.manifest_pages,
+            "page_size": PAGE_SIZE,
+            "unique_count": job.rows,
+            "partial": False,
+            "credits_consumed": job.rows,
+        }
+        body = {
+            "job_id": job_id,
+            "status": "completed",
+            "manifest": manifest,
+            "error_message": None,
+            "rows": rows,
+            "page": name,
+            "next_cursor": next_cursor,
+            "count": len(rows),
+            "processed": job.rows,
+            "progress_message": "completed",
+            **job.body_extra,
+        }
+        return 200, headers, body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: HostileAPI
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def do_POST(self) -> None:
+        self._send(405, {}, {"detail": "no submits here"})
+
+    def do_GET(self) -> None:
+        split = urlsplit(self.path)
+        cursor = parse_qs(split.query).get("cursor", [None])[0]
+        api = self.api
+        if len(api.served) >= api.max_requests:
+            self._record(split.path, cursor, 410)
+            self._send(410, {}, {"detail": "this fake refuses to serve for ever"})
+            return
+        if self.headers.get("X-API-Key") != api.api_key:
+            self._record(split.path, cursor, 401)
+            self._send(401, {}, {"detail": "bad key"})
+            return
+        if split.path == "/api/v1/credits/balance":
+            self._record(split.path, cursor, 200)
+            self._send(200, {}, {"total_credits": 10, "credits_used": 0, "credits_left": 10})
+            return
+        job_id = split.path.removeprefix(TAM_PATH)
+        if not split.path.startswith(TAM_PATH) or job_id not in api.jobs:
+            self._record(split.path, cursor, 404)
+            self._send(404, {}, {"detail": "Not Found"})
+            return
+        status, headers, body = api.answer(job_id, cursor)
+        self._record(split.path, cursor, status)
+        self._send(status, headers, body)
+
+    def _record(self, path: str, cursor: str | None, status: int) -> None:
+        with self.api.lock:
+            self.api.served.append(Served("GET", path, cursor, status))
+
+    def _send(self, status: int, headers: dict[str, str], body: Any) -> None:
+        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        trickle = float(headers.pop("X-Trickle", "0"))
+        self.send_response(status)
+        self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(raw)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if not trickle:
+            self.wfile.write(raw)
+            return
+        # One byte at a time: each read is quick, the whole answer never is. Stops
+        # after a minute whatever happens, and when the client hangs up.
+        stop = time.monotonic() + 60
+        for byte in raw:
+            if time.monotonic() > stop:
+                break
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:
+                break
+            time.sleep(trickle)
