@@ -109,7 +109,7 @@ class JobAPI:
         fields = self.client.get_decoded(
             ENDPOINTS[job_type].job(job_id), params, decode_page_fields, body=body
         )
-        return Page.from_response(fields)
+        return Page.from_response(fields.body, text_checked=fields.text_checked)
 
     def cancel(self, job_type: JobType, job_id: str) -> dict[str, t.Any]:
         """Ask OpenFunnel to cancel a job (safe to repeat).

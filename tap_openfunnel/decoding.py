@@ -58,17 +58,32 @@ def decode_object(raw: bytes) -> dict[str, t.Any]:
     return body
 
 
-def decode_page_fields(raw: bytes) -> dict[str, t.Any]:
+class PageFields(t.NamedTuple):
+    """A page answer's fields, and what decoding proved about its text.
+
+    Attributes:
+        body: ``rows``, ``next_cursor`` and ``page`` (values as sent, None when absent).
+        text_checked: Every string is valid UTF-8 without NUL (see
+            :func:`decode_page_fields`).
+    """
+
+    body: dict[str, t.Any]
+    text_checked: bool
+
+
+def decode_page_fields(raw: bytes) -> PageFields:
     """Decode a poll answer into just its page fields: ``rows``, ``next_cursor``, ``page``.
 
     Skipping the manifest and progress fields saves building objects nobody reads on
-    every page after the first.
+    every page after the first. msgspec accepts only valid UTF-8 and refuses lone
+    surrogate escapes, so a body it decoded that has no escaped NUL (``u0000``) holds only
+    clean text: the record path can skip checking each string (``clean_text``).
 
     Args:
         raw: The body.
 
     Returns:
-        A mapping with those three keys (values as sent, None when absent).
+        The three fields, and whether their text is known clean.
 
     Raises:
         UndecodableBodyError: Cut off, not JSON, or not an object.
@@ -77,8 +92,12 @@ def decode_page_fields(raw: bytes) -> dict[str, t.Any]:
         fields = _PAGE.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         body = decode_object(raw)
-        return {name: body.get(name) for name in ("rows", "next_cursor", "page")}
-    return {"rows": fields.rows, "next_cursor": fields.next_cursor, "page": fields.page}
+        fields_sent = {name: body.get(name) for name in ("rows", "next_cursor", "page")}
+        return PageFields(fields_sent, text_checked=False)
+    return PageFields(
+        {"rows": fields.rows, "next_cursor": fields.next_cursor, "page": fields.page},
+        text_checked=b"\\u0000" not in raw,
+    )
 
 
 def _json_fallback(raw: bytes) -> object:

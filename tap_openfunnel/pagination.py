@@ -27,18 +27,22 @@ class Page:
         name: The page name the API says it returned (``page``), e.g. ``page_0003``.
         rows: The company rows (``[]`` when the API sent none or null).
         next_cursor: The next page's name, or None on the last page written so far.
+        text_checked: True when decoding already proved every string valid UTF-8
+            without NUL, so the record path need not check each one again.
     """
 
     name: str | None
     rows: list[dict[str, t.Any]]
     next_cursor: str | None
+    text_checked: bool = False
 
     @classmethod
-    def from_response(cls, body: Mapping[str, t.Any]) -> Page:
+    def from_response(cls, body: Mapping[str, t.Any], *, text_checked: bool = False) -> Page:
         """Read the page part of a poll answer, tolerating odd shapes.
 
         Args:
             body: The decoded poll answer.
+            text_checked: See the attribute.
 
         Returns:
             The page.
@@ -70,6 +74,7 @@ class Page:
             name=name if isinstance(name, str) and name else None,
             rows=kept,
             next_cursor=cursor if isinstance(cursor, str) and cursor else None,
+            text_checked=text_checked,
         )
 
 

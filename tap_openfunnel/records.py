@@ -258,6 +258,7 @@ class RowShaper:
         job_id: str,
         page: str,
         first_rank: int,
+        text_checked: bool = False,
     ) -> Iterator[dict[str, t.Any]]:
         """Yield one record per row, ranked from ``first_rank``.
 
@@ -266,6 +267,8 @@ class RowShaper:
             job_id: The job they belong to.
             page: The page name they came from.
             first_rank: The rank of the first row.
+            text_checked: Decoding proved every string clean (valid UTF-8, no NUL), so
+                :func:`clean_text` would change none: skip looking at each one.
 
         Yields:
             Records ready for the stream.
@@ -288,7 +291,11 @@ class RowShaper:
                 if value is not None:
                     if type(value) not in exact[name]:
                         value = self._coerce(name, value)
-                    elif type(value) is str and ("\x00" in value or not value.isascii()):
+                    elif (
+                        not text_checked
+                        and type(value) is str
+                        and ("\x00" in value or not value.isascii())
+                    ):
                         value = clean_text(value)
                 record[name] = value
             if len(row) > count or not known.issuperset(row):

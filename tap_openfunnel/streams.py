@@ -159,6 +159,7 @@ class CompanyStream(OpenFunnelStream):
                     job_id=job_id,
                     page=page.name or cursor or page_name(0),
                     first_rank=rows_total + 1,
+                    text_checked=page.text_checked,
                 )
                 # Reached only once every record of the page has been handed on.
                 rows_total += len(page.rows)

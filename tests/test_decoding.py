@@ -17,6 +17,8 @@ from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
 from tap_openfunnel.decoding import UndecodableBodyError, decode_object, decode_page_fields
 from tap_openfunnel.exceptions import MalformedPageError, RetriesExhaustedError
 from tap_openfunnel.pagination import Page
+from tap_openfunnel.records import RowShaper, clean_text
+from tap_openfunnel.streams import load_schema
 
 
 @pytest.fixture
@@ -108,7 +110,7 @@ def page_or_error(read):
 def test_odd_pages_decode_as_before(body):
     """The page read from bytes is the page (or the error) read from the decoded object."""
     raw = json.dumps(body).encode()
-    assert page_or_error(lambda: Page.from_response(decode_page_fields(raw))) == page_or_error(
+    assert page_or_error(lambda: Page.from_response(decode_page_fields(raw).body)) == page_or_error(
         lambda: Page.from_response(body)
     )
 
@@ -143,7 +145,7 @@ json_values = st.recursive(
 )
 def test_msgspec_reads_exactly_what_json_reads(body):
     raw = json.dumps(body).encode()
-    page = page_or_error(lambda: Page.from_response(decode_page_fields(raw)))
+    page = page_or_error(lambda: Page.from_response(decode_page_fields(raw).body))
     assert page == page_or_error(lambda: Page.from_response(json.loads(raw)))
     # Same types too: an int stays an int and a float a float.
     assert repr(page) == repr(page_or_error(lambda: Page.from_response(json.loads(raw))))
@@ -184,3 +186,36 @@ def test_get_bytes_does_not_decode(server):
     raw = client.get_bytes(BALANCE_PATH)
     assert isinstance(raw, bytes)
     assert "credits_left" in json.loads(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "checked"),
+    [
+        pytest.param('{"rows": [{"name": "København"}]}'.encode(), True, id="utf-8"),
+        pytest.param(b'{"rows": [{"name": "\\ud83d\\ude00"}]}', True, id="surrogate-pair"),
+        pytest.param(b'{"rows": [{"name": "a\\u0000b"}]}', False, id="escaped-nul"),
+        pytest.param(b'{"rows": [{"name": "\\ud800"}]}', False, id="lone-surrogate"),
+        pytest.param(b'{"rows": [{"name": NaN}]}', False, id="json-fallback"),
+    ],
+)
+def test_text_is_vouched_for_only_when_msgspec_proved_it_clean(raw, checked):
+    fields = decode_page_fields(raw)
+    assert fields.text_checked is checked
+    if checked:
+        name = fields.body["rows"][0]["name"]
+        assert clean_text(name) == name
+
+
+def test_records_are_the_same_with_and_without_the_text_check():
+    schema = load_schema("tam_companies")
+    rows = [
+        {"name": "København ApS", "domain": "x.dk", "industries": ["Tøj", 3], "match_score": "7"},
+        {"name": "Plain", "headquarters": "Zürich, ZH", "employee_count": 12.0},
+    ]
+    raw = json.dumps({"rows": rows}, ensure_ascii=False).encode()
+    fields = decode_page_fields(raw)
+    assert fields.text_checked
+    kwargs = {"job_id": "j", "page": "page_0000", "first_rank": 1}
+    fast = list(RowShaper(schema).records(fields.body["rows"], text_checked=True, **kwargs))
+    slow = list(RowShaper(schema).records(fields.body["rows"], **kwargs))
+    assert fast == slow
