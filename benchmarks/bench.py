@@ -881,12 +881,12 @@ Memory. Issue 12 reported peak RSS growing with the job's size at `page_concurre
 stayed near 28 MiB), and suspected pages decoded in the prefetch threads: each thread
 allocates in its own glibc malloc arena, and rows decoded there were freed from the main
 thread. On this (busy) machine that growth did not reproduce, with or without the change
-(before: +1.0 MiB at 4, +2.2 MiB at 8); glibc's `malloc_info` at exit did show one arena
-per prefetch thread holding 0.5-0.8 MiB each, the decoded pages' leftovers. The prefetch
-threads now fetch bytes only, and each page is decoded (msgspec, json as the fallback) in
-the thread that writes its records: the per-thread arenas hold 0.1-0.3 MiB; (c) below
-has the difference between 1,000 and 100,000 rows. No allocator setting (such as
-`MALLOC_ARENA_MAX`) is needed or set.
+(before, in two runs: +1.0 and +1.4 MiB at 4, +2.2 and +2.9 MiB at 8); glibc's
+`malloc_info` at exit did show one arena per prefetch thread holding 0.5-0.8 MiB each,
+the decoded pages' leftovers. The prefetch threads now fetch bytes only, and each page is
+decoded (msgspec, json as the fallback) in the thread that writes its records: the
+per-thread arenas hold 0.1-0.3 MiB; (c) below has the difference between 1,000 and
+100,000 rows. No allocator setting (such as `MALLOC_ARENA_MAX`) is needed or set.
 
 Throughput. The SDK's msgspec writer flushed stdout after every record; with
 `PYTHONUNBUFFERED=1` (set on this machine, and by many schedulers) that is one write
@@ -902,7 +902,7 @@ Where a target is missed or close, this is why:
   round of 8 requests takes longer than 50 ms; 0.125 x bound is not reachable here.
 - (b) "e2e" includes start-up, about 0.25 s longer for the tap (the Singer SDK) than for
   the bare loop; "steady" leaves it out. On this shared machine the e2e ratio at the
-  defaults moved between 0.99 and 1.28 over five runs of the same code.
+  defaults moved by about 0.15 either way between runs of the same code.
 - (e) is bound by target-duckdb: the tap's own process is the small one (see "per
   process"). target-duckdb 0.8.0 flattens every record twice in Python and, by default,
   keeps up to 100,000 rows (`batch_size_rows`) in memory before loading; the row with
