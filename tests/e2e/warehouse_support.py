@@ -190,11 +190,6 @@ class BigQueryEmulator:
     def query(self, *sql: str) -> list[list[list[Any]]]:
         return self.ask(*({"sql": s} for s in sql))
 
-    def columns(self, table: str) -> dict[str, tuple[str, str]]:
-        """A table's columns: name -> (type, mode)."""
-        (schema,) = self.ask({"table": table})
-        return {name: (kind, mode) for name, kind, mode in schema}
-
     @property
     def target_env(self) -> dict[str, str]:
         """What the wrapper and the google clients need to reach the emulator."""
