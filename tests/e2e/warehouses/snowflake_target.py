@@ -5,9 +5,12 @@ methods where fakesnow falls short of Snowflake: no user stage (``@~``) or quote
 names (a named stage instead), no SELECT from a stage and a broken COPY with a
 ``$1:col`` subquery on JSON (COPY into a one-column VARIANT scratch table, then INSERT
 or MERGE from it with ``v:col::TYPE`` casts), no SEQ8() (dedupe with ROW_NUMBER over
-ROWID), and no REMOVE or DROP FILE FORMAT (no-ops). What the tests prove through it is
-the target's DDL, its type mapping of our schemas and its upsert on key properties, not
-Snowflake's staging. From ../shared/warehouses (the recipe that ran both targets here).
+ROWID), and no REMOVE or DROP FILE FORMAT (no-ops). Sinks are drained one at a time:
+fakesnow's DuckDB connection refuses a second call while one runs ("connection is
+busy with another call"), which the SDK's parallel drain at the end of input hit. What
+the tests prove through it is the target's DDL, its type mapping of our schemas and its
+upsert on key properties, not Snowflake's staging. From ../shared/warehouses (the recipe
+that ran both targets here).
 
 Env: FAKESNOW_DB_PATH, the folder of fakesnow's DuckDB files.
 """
@@ -29,10 +32,12 @@ def main() -> None:
     """Patch the connector, then run the target's CLI."""
     with fakesnow.patch(db_path=DB_PATH, nop_regexes=NO_OPS):
         # Imported inside the patch: fakesnow replaces snowflake.connector's connect.
+        import singer_sdk.target_base  # noqa: PLC0415
         from target_snowflake.connector import SnowflakeConnector  # noqa: PLC0415
         from target_snowflake.target import TargetSnowflake  # noqa: PLC0415
 
         patch_connector(SnowflakeConnector)
+        singer_sdk.target_base._MAX_PARALLELISM = 1
         try:
             TargetSnowflake.cli()
         except SystemExit as done:
