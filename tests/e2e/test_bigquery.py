@@ -84,7 +84,7 @@ def test_meltano_run_loads_every_stream_into_bigquery(
         "credits_balance": 2,  # one balance per run, keyed on checked_at
     }, describe(second)
     # Values and nulls as the API sent them: NULL where it sent null, never 0 or 'null'.
-    rows = api_rows(fake_api, tam, "tam", TAM_ROWS)
+    rows = api_rows(tam, "tam", TAM_ROWS)
     expected_nulls = null_counts(rows, TAM_NULLABLE)
     assert all(expected_nulls.values()), expected_nulls  # the data has nulls to check
     null_sql = ", ".join(f"countif({name} is null)" for name in TAM_NULLABLE)

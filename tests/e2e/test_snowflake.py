@@ -101,7 +101,7 @@ def test_meltano_run_loads_every_stream_into_snowflake(meltano, fake_api, tmp_pa
     assert types["CREDITS_BALANCE"]["CREDITS_LEFT"] == "FLOAT"
 
     # Values and nulls as the API sent them: SQL NULL where it sent null, never 0 or 'null'.
-    rows = api_rows(fake_api, tam, "tam", TAM_ROWS)
+    rows = api_rows(tam, "tam", TAM_ROWS)
     expected_nulls = null_counts(rows, TAM_NULLABLE)
     assert all(expected_nulls.values()), expected_nulls  # the data has nulls to check
     null_sql = ", ".join(f"count(*) - count({name})" for name in TAM_NULLABLE)

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -26,12 +25,11 @@ import pytest
 import yaml
 from e2e_support import PROJECT_ROOT, SETUP_HINT, free_port
 
+from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.sandbox.data import page_rows
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from tap_openfunnel.sandbox import FakeOpenFunnel
 
 DOCS = PROJECT_ROOT / "docs" / "meltano.md"
 WRAPPERS = Path(__file__).resolve().parent / "warehouses"
@@ -148,28 +146,6 @@ class FakeSnowflake:
 # ---------------------------------------------------------------------------- BigQuery
 
 
-def find_python313() -> Path | None:
-    """A Python 3.13 that runs: PYTHON313, python3.13 on PATH, or one pyenv installed.
-
-    pyenv's shim for python3.13 is on PATH even when the global version is another one,
-    and then fails: every candidate is tried, not only found.
-    """
-    candidates = [os.environ.get("PYTHON313"), shutil.which("python3.13")]
-    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates += [str(p) for p in sorted(pyenv_root.glob("versions/3.13*/bin/python3.13"))]
-    for candidate in filter(None, candidates):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            ran = subprocess.run(
-                [candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 13)"],
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-            if ran.returncode == 0:
-                return Path(candidate)
-    return None
-
-
 @dataclass
 class BigQueryEmulator:
     """A running local-bigquery on two free loopback ports."""
@@ -255,17 +231,17 @@ def _listening(port: int) -> bool:
 # ---------------------------------------------------------------- what the API sent
 
 
-def api_rows(server: FakeOpenFunnel, job_id: str, kind: str, rows: int) -> list[dict[str, Any]]:
-    """Every row the fake server serves for a job, as the API sends it."""
-    del server  # the rows depend on the job alone; the server is named for the reader
+def api_rows(job_id: str, kind: str, rows: int) -> list[dict[str, Any]]:
+    """Every row the fake server serves for a job of ``rows`` rows made with JobSpec's defaults."""
+    spec = JobSpec(kind=kind, rows=rows)
     return page_rows(
         kind,
         job_id,
         0,
         rows,
-        query="cloud observability and monitoring tools",
+        query=spec.query,
         rows_total=rows,
-        bands_total=6,
+        bands_total=spec.bands_total,
     )
 
 
