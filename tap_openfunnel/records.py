@@ -294,7 +294,6 @@ class RowShaper:
         known = self._known
         count = len(fields)
         keep = self.keep_unknown
-        arrays = self._arrays
         for rank, row in enumerate(rows, start=first_rank):
             record: dict[str, t.Any] = {"job_id": job_id, "page": page, "rank": rank}
             for name in fields:
@@ -305,9 +304,7 @@ class RowShaper:
                     elif type(value) is str and ("\x00" in value or not value.isascii()):
                         value = clean_text(value)
                 record[name] = value
-            for name in arrays:
-                if record[name] is None:
-                    record[name] = []
+            self._empty_lists_for_nulls(record)
             if len(row) > count or not known.issuperset(row):
                 extra = self._unknown(row, job_id)
                 if keep:
@@ -315,6 +312,12 @@ class RowShaper:
             elif keep:
                 record[EXTRA_FIELD] = None
             yield record
+
+    def _empty_lists_for_nulls(self, record: dict[str, t.Any]) -> None:
+        # A BigQuery REPEATED column takes no null: every loader gets [] instead.
+        for name in self._arrays:
+            if record[name] is None:
+                record[name] = []
 
     def _unknown(self, row: Mapping[str, t.Any], job_id: str) -> dict[str, t.Any] | None:
         """Note a row's unknown fields, warn about new ones, and return them made safe."""
@@ -409,9 +412,7 @@ class RowShaper:
                 # Server text (status, messages) may quote anything, the key included.
                 value = redact(clean_text(value))
             record[name] = value
-        for name in self._arrays:
-            if record[name] is None:
-                record[name] = []
+        self._empty_lists_for_nulls(record)
         for name in ADDED_FIELDS:
             if name in values:
                 record[name] = values[name]
