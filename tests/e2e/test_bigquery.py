@@ -131,7 +131,9 @@ def test_meltano_run_loads_every_stream_into_bigquery(
         assert columns[table][column][0] == "INTEGER", (table, columns[table])
     assert columns["tam_companies"]["industries"] == ("STRING", "REPEATED")
     assert columns["jobs"]["resolved_seed_domains"] == ("STRING", "REPEATED")
-    assert columns["jobs"]["request"][0] == "JSON"
+    # The free-form objects: the submitted request, the manifest, the fields kept aside.
+    for table, column in [("jobs", "request"), ("jobs", "manifest"), ("tam_companies", "_extra")]:
+        assert columns[table][column][0] == "JSON", (table, column, columns[table])
     assert columns["jobs"]["terminal_at"][0] == "TIMESTAMP"
     assert columns["credits_balance"]["checked_at"][0] == "TIMESTAMP"
     assert columns["credits_balance"]["credits_left"][0] == "FLOAT"
