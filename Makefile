@@ -4,8 +4,10 @@
 #   make test   every test, the end-to-end runs through Meltano included
 #
 # Both create what they need on a fresh machine (Debian 12: python3.11 with python3-venv;
-# `make test` also needs PostgreSQL's binaries: apt-get install postgresql) and skip the
-# installs on later runs: stamp files in .venv/ and .meltano-venv/ remember them.
+# `make test` also needs PostgreSQL's binaries: apt-get install postgresql, and a Python
+# 3.13 for the BigQuery emulator: pyenv's, python3.13 on PATH, or $PYTHON313) and skip
+# the installs on later runs: stamp files in .venv/, .meltano-venv/, .meltano/ and .e2e/
+# remember them.
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -13,7 +15,7 @@ VENV := .venv
 TOOLS_VENV := .tools-venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test install meltano clean-demo
+.PHONY: demo test install meltano warehouses clean-demo
 
 demo: $(VENV)/.installed meltano
 	scripts/demo.sh
@@ -22,11 +24,16 @@ test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Everything the tests, linters and type checker need (what .ci/run calls first).
-install: $(VENV)/.installed-test $(TOOLS_VENV)/.installed meltano
+install: $(VENV)/.installed-test $(TOOLS_VENV)/.installed meltano warehouses
 
 # Meltano in its own virtualenv (.meltano-venv/) and the plugins of meltano.yml.
 meltano:
 	PYTHON="$(PYTHON)" scripts/setup_meltano.sh
+
+# The Snowflake and BigQuery emulators of the end-to-end tests (after the plugins:
+# fakesnow goes into target-snowflake's virtualenv).
+warehouses: meltano
+	scripts/setup_warehouses.sh
 
 $(VENV)/bin/python:
 	@test -n "$(PYTHON)" || { echo "No python3.11 or python3 on PATH." >&2; exit 1; }

@@ -16,6 +16,8 @@ PLUGIN_EXECUTABLES=(
     .meltano/loaders/target-duckdb/venv/bin/target-duckdb
     .meltano/loaders/target-postgres/venv/bin/target-postgres
     .meltano/loaders/target-jsonl/venv/bin/target-jsonl
+    .meltano/loaders/target-snowflake/venv/bin/target-snowflake
+    .meltano/loaders/target-bigquery/venv/bin/target-bigquery
 )
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
 export MELTANO_CLI_DISABLE_VERSION_CHECK=true

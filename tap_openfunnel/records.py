@@ -31,6 +31,14 @@ DEEP_MARKER = f"[dropped by tap-openfunnel: nested deeper than {MAX_KEPT_DEPTH} 
 LARGE_MARKER = f"[dropped by tap-openfunnel: over {MAX_KEPT_CHARS} characters of kept fields]"
 _NAMES_SHOWN = 40
 _EXTRA_COLUMN = f"the {EXTRA_FIELD} column"
+# The bounds every integer field of schemas/*.json declares: with them, targets create
+# 64-bit columns (BIGINT, INT64) instead of 128-bit ones (DuckDB's HUGEINT), and a value
+# outside them, which such a column could not hold, becomes null instead of failing a load.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _in_range(number: int) -> int | None:
+    return number if INT64_MIN <= number <= INT64_MAX else None
 
 
 def clean_text(text: str) -> str:
@@ -134,18 +142,19 @@ def _names(names: Iterable[str]) -> str:
 def _to_int(value: object) -> int | None:
     if isinstance(value, bool):
         return None  # true is not a number of employees
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value.is_integer() else None
     if isinstance(value, str):
         text = value.strip().replace(",", "")
         try:
-            return int(text)
+            return _in_range(int(text))
         except ValueError:
             try:
-                number = float(text)
+                value = float(text)
             except ValueError:
                 return None
-            return int(number) if math.isfinite(number) and number.is_integer() else None
+    if isinstance(value, int):
+        return _in_range(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return _in_range(int(value))
     return None
 
 
@@ -194,7 +203,8 @@ def _to_string_list(value: object) -> list[str] | None:
 
 
 _EXACT: dict[str, tuple[type, ...]] = {
-    "integer": (int,),
+    # Never taken as is: an int may lie outside the 64-bit bounds.
+    "integer": (),
     "number": (int, float),
     "string": (str,),
     "boolean": (bool,),
@@ -221,12 +231,14 @@ class RowShaper:
     """Builds records from rows: schema fields coerced, the rest kept aside, losses counted.
 
     Decisions for odd data (the README's "Odd data" section documents them):
-    a missing field becomes null; a number sent as a string is parsed; a value that
-    cannot be coerced becomes null and is counted. Fields the schema does not name go,
-    made safe by :func:`keep_json`, into the ``_extra`` object when the schema declares
-    it, else they are dropped; either way a warning names them the first time they are
-    seen. A page where most rows lack the fields that identify a company is a changed
-    API: a warning, or with ``strict_shape`` a :class:`ChangedShapeError`.
+    a missing field becomes null, or an empty list for an array field (a BigQuery
+    REPEATED column holds no null, and every warehouse should see the same value); a
+    number sent as a string is parsed; a value that cannot be coerced, or an integer
+    outside 64 bits, becomes null (an empty list) and is counted. Fields the schema does
+    not name go, made safe by :func:`keep_json`, into the ``_extra`` object when the
+    schema declares it, else they are dropped; either way a warning names them the first
+    time they are seen. A page where most rows lack the fields that identify a company
+    is a changed API: a warning, or with ``strict_shape`` a :class:`ChangedShapeError`.
 
     Args:
         schema: The stream's JSON Schema.
@@ -244,6 +256,7 @@ class RowShaper:
         self._identity = tuple(name for name in IDENTITY_FIELDS if name in self._known)
         self._kinds = {name: _kind(properties[name]) for name in self.fields}
         self._exact = {name: _EXACT.get(kind, (object,)) for name, kind in self._kinds.items()}
+        self._arrays = tuple(name for name, kind in self._kinds.items() if kind == "array")
         self.unknown_fields: set[str] = set()
         self.nulled: dict[str, int] = {}
         self.dropped_kept = 0
@@ -298,6 +311,7 @@ class RowShaper:
                     ):
                         value = clean_text(value)
                 record[name] = value
+            self._empty_lists_for_nulls(record)
             if len(row) > count or not known.issuperset(row):
                 extra = self._unknown(row, job_id)
                 if keep:
@@ -305,6 +319,12 @@ class RowShaper:
             elif keep:
                 record[EXTRA_FIELD] = None
             yield record
+
+    def _empty_lists_for_nulls(self, record: dict[str, t.Any]) -> None:
+        # A BigQuery REPEATED column takes no null: every loader gets [] instead.
+        for name in self._arrays:
+            if record[name] is None:
+                record[name] = []
 
     def _unknown(self, row: Mapping[str, t.Any], job_id: str) -> dict[str, t.Any] | None:
         """Note a row's unknown fields, warn about new ones, and return them made safe."""
@@ -399,6 +419,7 @@ class RowShaper:
                 # Server text (status, messages) may quote anything, the key included.
                 value = redact(clean_text(value))
             record[name] = value
+        self._empty_lists_for_nulls(record)
         for name in ADDED_FIELDS:
             if name in values:
                 record[name] = values[name]
@@ -441,7 +462,8 @@ class RowShaper:
             )
         if self.nulled:
             LOGGER.warning(
-                "Job %s: values that could not be read as their schema type were set to null: %s.",
+                "Job %s: values that could not be read as their schema type (or integers "
+                "outside 64 bits) were set to null, or to an empty list for arrays: %s.",
                 job_id,
                 ", ".join(f"{name} x{count}" for name, count in sorted(self.nulled.items())),
             )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
-from e2e_support import describe, duckdb_summary, tap_env
+from e2e_support import DUCKDB_PYTHON, describe, duckdb_summary, tap_env
 
 from tap_openfunnel.sandbox import JobSpec
 
@@ -29,3 +32,37 @@ def test_meltano_run_loads_every_row_into_duckdb(meltano, fake_api, tmp_path):
     assert tables["tam_companies"] == {"rows": 1234, "duplicate_keys": 0}
     assert tables["lookalike_companies"] == {"rows": 250, "duplicate_keys": 0}
     assert tables["jobs"] == {"rows": 2, "duplicate_keys": 0}
+    # The schemas' 64-bit bounds make target-duckdb create BIGINT, not HUGEINT (128-bit);
+    # arrays arrive as lists, [] where the API sent none.
+    types = column_types(database)
+    for table, column in [
+        ("tam_companies", "rank"),
+        ("tam_companies", "employee_count"),
+        ("tam_companies", "match_score"),
+        ("lookalike_companies", "employee_count"),
+        ("jobs", "pages"),
+    ]:
+        assert types[table][column] == "BIGINT", (table, column, types[table])
+    assert types["jobs"]["terminal_at"] == "TIMESTAMP"
+    assert types["tam_companies"]["industries"] == "JSON"
+
+
+def column_types(database) -> dict[str, dict[str, str]]:
+    """Column types per table, read with the loader's own duckdb after it exited."""
+    script = (
+        "import duckdb, json, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
+        'rows = con.execute("select table_name, column_name, data_type from '
+        "information_schema.columns where table_schema = 'openfunnel'\").fetchall(); "
+        "print(json.dumps(rows))"
+    )
+    result = subprocess.run(
+        [str(DUCKDB_PYTHON), "-c", script, str(database)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    types: dict[str, dict[str, str]] = {}
+    for table, column, kind in json.loads(result.stdout):
+        types.setdefault(table, {})[column] = kind
+    return types

@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 from e2e_support import PROJECT_ROOT, describe
+from warehouse_support import doc_loader_blocks, project_loader
 
 from tap_openfunnel.settings import CONFIG_SCHEMA
 
@@ -49,6 +50,8 @@ def test_every_plugin_is_defined_inline():
         "target-duckdb",
         "target-postgres",
         "target-jsonl",
+        "target-snowflake",
+        "target-bigquery",
     }
     for plugin in plugins:
         assert {"namespace", "pip_url", "executable", "settings"} <= plugin.keys(), plugin["name"]
@@ -57,6 +60,42 @@ def test_every_plugin_is_defined_inline():
     # duckdb >= 1.3 makes target-duckdb 0.8.0 drop the first row of every batch.
     assert "duckdb==1.2.2" in duckdb["pip_url"].split()
     assert MELTANO_YML["send_anonymous_usage_stats"] is False
+
+
+# The secrets of the warehouse loaders: where Meltano Hub's definitions of these variants
+# mark a setting sensitive, and the OAuth token that target-snowflake 0.20 added since.
+HUB_SENSITIVE = {
+    "target-snowflake": {"password", "private_key", "private_key_passphrase", "oauth_access_token"},
+    "target-bigquery": {"credentials_json", "credentials_path"},
+}
+
+
+@pytest.mark.parametrize(("loader", "sensitive"), HUB_SENSITIVE.items())
+def test_loader_secrets_are_sensitive(loader, sensitive):
+    settings = project_loader(loader)["settings"]
+    assert {s["name"] for s in settings if s.get("sensitive")} == sensitive
+
+
+@pytest.mark.parametrize("loader", ["target-snowflake", "target-bigquery"])
+def test_the_docs_copy_paste_block_is_the_loader_of_meltano_yml(loader):
+    # The end-to-end tests run the doc's block; this ties it to meltano.yml.
+    block = dict(doc_loader_blocks()[loader])
+    defined = project_loader(loader)
+    config = block.pop("config")
+    settings = block.pop("settings")
+    assert block == {k: v for k, v in defined.items() if k != "settings"}
+    by_name = {s["name"]: s for s in defined["settings"]}
+    for setting in settings:
+        assert setting == by_name.get(setting["name"]), setting["name"]
+    # Every secret is there to be marked, and every configured setting is declared.
+    sensitive = {s["name"] for s in defined["settings"] if s.get("sensitive")}
+    assert sensitive <= {s["name"] for s in settings}
+    assert set(config) <= {s["name"] for s in settings}
+    assert not set(config) & sensitive, "a secret written into meltano.yml"
+
+
+def test_docs_have_a_block_for_each_warehouse_loader():
+    assert set(doc_loader_blocks()) == {"target-snowflake", "target-bigquery"}
 
 
 @pytest.mark.e2e

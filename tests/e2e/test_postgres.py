@@ -49,6 +49,23 @@ def test_meltano_run_loads_every_row_once(meltano, fake_api, pg_database):
     for table in ("tam_companies", "lookalike_companies"):
         assert pg_database.duplicates(table) == 0
     assert pg_database.duplicates("jobs", keys=("job_id",)) == 0
+    # The schemas' 64-bit bounds: BIGINT columns, and values that fit them.
+    types = dict(
+        line.rsplit("|", 1)
+        for line in pg_database.query(
+            "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'openfunnel'"
+        ).splitlines()
+    )
+    for column in ("tam_companies.rank", "tam_companies.employee_count", "jobs.pages"):
+        assert types[column] == "bigint", (column, types)
+    assert types["tam_companies.industries"] == "ARRAY", types  # text[]
+    assert (
+        pg_database.query(
+            'SELECT count(*) FROM "openfunnel"."tam_companies" WHERE industries IS NULL'
+        )
+        == "0"
+    )
     state = meltano.state(STATE_ID)
     assert partition(state, "tam_companies", tam).get("done") is True
     assert partition(state, "lookalike_companies", lookalike).get("done") is True
