@@ -219,3 +219,26 @@ def test_records_are_the_same_with_and_without_the_text_check():
     fast = list(RowShaper(schema).records(fields.body["rows"], text_checked=True, **kwargs))
     slow = list(RowShaper(schema).records(fields.body["rows"], **kwargs))
     assert fast == slow
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        pytest.param(5, 5, id="int"),
+        pytest.param(2**63 - 1, 2**63 - 1, id="int64-max"),
+        pytest.param(-(2**63), -(2**63), id="int64-min"),
+        pytest.param(2**63, None, id="above-int64"),
+        pytest.param(-(2**63) - 1, None, id="below-int64"),
+        pytest.param(True, None, id="bool"),
+        pytest.param(12.0, 12, id="whole-float"),
+        pytest.param("1,200", 1200, id="text"),
+    ],
+)
+def test_integers_taken_as_is_only_within_64_bits(sent, kept):
+    shaper = RowShaper(load_schema("tam_companies"))
+    (record,) = shaper.records(
+        [{"name": "A", "employee_count": sent}], job_id="j", page="page_0000", first_rank=1
+    )
+    assert record["employee_count"] == kept
+    assert type(record["employee_count"]) is type(kept)
+    assert shaper.nulled == ({"employee_count": 1} if kept is None else {})
