@@ -6,6 +6,7 @@ import typing as t
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from tap_openfunnel.decoding import decode_page_fields
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.pagination import Page
 
@@ -76,8 +77,8 @@ class JobAPI:
         params = {"cursor": cursor} if cursor else None
         return self.client.get(ENDPOINTS[job_type].job(job_id), params=params)
 
-    def fetch_page(self, job_type: JobType, job_id: str, cursor: str | None) -> Page:
-        """Read one page of a job's results.
+    def page_body(self, job_type: JobType, job_id: str, cursor: str | None) -> bytes:
+        """Fetch one page's body, undecoded (safe to call from prefetch threads).
 
         Args:
             job_type: The job family.
@@ -85,9 +86,30 @@ class JobAPI:
             cursor: The page (None: the first).
 
         Returns:
+            The body; :meth:`read_page` decodes it.
+        """
+        params = {"cursor": cursor} if cursor else None
+        return self.client.get_bytes(ENDPOINTS[job_type].job(job_id), params=params)
+
+    def read_page(
+        self, job_type: JobType, job_id: str, cursor: str | None, body: bytes | None = None
+    ) -> Page:
+        """Decode a page's body (fetching it if None); a body that does not decode is re-read.
+
+        Args:
+            job_type: The job family.
+            job_id: The job.
+            cursor: The page (None: the first).
+            body: The body from :meth:`page_body`, if already fetched.
+
+        Returns:
             The page.
         """
-        return Page.from_response(self.poll(job_type, job_id, cursor))
+        params = {"cursor": cursor} if cursor else None
+        fields = self.client.get_decoded(
+            ENDPOINTS[job_type].job(job_id), params, decode_page_fields, body=body
+        )
+        return Page.from_response(fields.body, text_checked=fields.text_checked)
 
     def cancel(self, job_type: JobType, job_id: str) -> dict[str, t.Any]:
         """Ask OpenFunnel to cancel a job (safe to repeat).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import math
 import random
@@ -18,6 +17,7 @@ from urllib3.exceptions import NewConnectionError
 
 from tap_openfunnel import __version__
 from tap_openfunnel.deadlines import DeadlineAdapter, deadline
+from tap_openfunnel.decoding import UndecodableBodyError, decode_object
 from tap_openfunnel.exceptions import (
     AmbiguousSubmitError,
     ApiError,
@@ -31,6 +31,8 @@ if t.TYPE_CHECKING:
     from collections.abc import Callable, Generator, Mapping
 
 LOGGER = logging.getLogger("tap-openfunnel")
+
+T = t.TypeVar("T")
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _TOO_MANY_REQUESTS = 429
@@ -237,7 +239,55 @@ class OpenFunnelClient:
         Returns:
             The decoded JSON object.
         """
+        return self.get_decoded(path, params, decode_object)
+
+    def get_bytes(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
+        """GET with retries, returning the body undecoded.
+
+        For the page prefetch threads: they only move bytes, and the consumer decodes
+        each body with :meth:`get_decoded` in its own thread, so no decoded object is
+        allocated in a worker thread's malloc arena (see docs/benchmarks.md).
+
+        Args:
+            path: Path below the base URL.
+            params: Query parameters.
+
+        Returns:
+            The body of a 2xx answer (not yet checked to be JSON).
+        """
         return self._with_retries("GET", path, lambda: self._send("GET", path, params=params))
+
+    def get_decoded(
+        self,
+        path: str,
+        params: Mapping[str, str] | None,
+        decode: Callable[[bytes], T],
+        *,
+        body: bytes | None = None,
+    ) -> T:
+        """GET and decode, with retries; a body that does not decode is fetched again.
+
+        Args:
+            path: Path below the base URL.
+            params: Query parameters.
+            decode: Turns a body into the result; raises ``UndecodableBodyError`` for a
+                cut-off or non-object body, which counts as one retriable failure.
+            body: A body already fetched (by :meth:`get_bytes`), decoded as the first
+                attempt instead of a request.
+
+        Returns:
+            The decoded answer.
+        """
+        pending = body
+
+        def attempt() -> T:
+            nonlocal pending
+            raw, pending = pending, None
+            if raw is None:
+                raw = self._send("GET", path, params=params)
+            return _decoded(raw, decode)
+
+        return self._with_retries("GET", path, attempt)
 
     def post_idempotent(self, path: str) -> dict[str, t.Any]:
         """POST a command that is safe to repeat (cancel, pause, resume), with retries.
@@ -248,7 +298,9 @@ class OpenFunnelClient:
         Returns:
             The decoded JSON object.
         """
-        return self._with_retries("POST", path, lambda: self._send("POST", path, body={}))
+        return self._with_retries(
+            "POST", path, lambda: _decoded(self._send("POST", path, body={}), decode_object)
+        )
 
     def submit(self, path: str, body: Mapping[str, t.Any]) -> dict[str, t.Any]:
         """POST a job submission, retrying only when no job can have been created.
@@ -273,7 +325,8 @@ class OpenFunnelClient:
         def attempt() -> dict[str, t.Any]:
             with self._new_session(1) as session:
                 try:
-                    return self._send("POST", path, body=body, session=session)
+                    raw = self._send("POST", path, body=body, session=session)
+                    return _decoded(raw, decode_object)
                 except RetriableError as exc:
                     if exc.status == _TOO_MANY_REQUESTS or not exc.sent:
                         raise
@@ -296,8 +349,8 @@ class OpenFunnelClient:
         self,
         method: str,
         path: str,
-        attempt: Callable[[], dict[str, t.Any]],
-    ) -> dict[str, t.Any]:
+        attempt: Callable[[], T],
+    ) -> T:
         retries = self.retry.max_retries
 
         def log_retry(details: t.Any) -> None:  # noqa: ANN401 - backoff's details dict
@@ -349,7 +402,7 @@ class OpenFunnelClient:
         params: Mapping[str, str] | None = None,
         body: Mapping[str, t.Any] | None = None,
         session: requests.Session | None = None,
-    ) -> dict[str, t.Any]:
+    ) -> bytes:
         url = f"{self.api_url}{path}"
         # request_timeout bounds the whole request (connect, headers, whole body), not
         # only each socket read: a trickled answer cannot hold the run.
@@ -385,18 +438,21 @@ class OpenFunnelClient:
                 raise ApiError(msg, path=path) from None
         return self.validate_response(response, path)
 
-    def validate_response(self, response: requests.Response, path: str) -> dict[str, t.Any]:
-        """Classify an answer: return its JSON, raise retriable or fatal errors.
+    def validate_response(self, response: requests.Response, path: str) -> bytes:
+        """Classify an answer by status: return its body, raise retriable or fatal errors.
+
+        A 2xx body that is cut off or not JSON is caught where it is decoded (see
+        :meth:`get_decoded`), and is retriable too.
 
         Args:
             response: The HTTP answer.
             path: Request path, for messages.
 
         Returns:
-            The decoded JSON object of a 2xx answer.
+            The body of a 2xx answer.
 
         Raises:
-            RetriableError: 429, 5xx, or a 2xx whose body is cut off or not JSON.
+            RetriableError: 429 or 5xx.
             ApiError: A redirect.
         """
         status = response.status_code
@@ -417,16 +473,16 @@ class OpenFunnelClient:
             raise ApiError(msg, status=status, path=path)
         if status >= 400:  # noqa: PLR2004
             raise fatal_error(response, path)
-        try:
-            body = json.loads(response.content)
-        except (ValueError, RecursionError):
-            # A body cut short by the server, or an HTML error page from a proxy.
-            msg_0 = f"HTTP {status} with an incomplete JSON body"
-            raise RetriableError(msg_0) from None
-        if not isinstance(body, dict):
-            msg_0 = f"HTTP {status} with a non-object JSON body"
-            raise RetriableError(msg_0)
-        return body
+        return response.content
+
+
+def _decoded(raw: bytes, decode: Callable[[bytes], T]) -> T:
+    try:
+        return decode(raw)
+    except UndecodableBodyError as exc:
+        # A body cut short by the server, or an HTML error page from a proxy.
+        msg = f"2xx with {exc.reason}"
+        raise RetriableError(msg) from None
 
 
 def _describe(exc: requests.exceptions.ConnectionError) -> str:

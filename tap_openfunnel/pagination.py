@@ -8,6 +8,7 @@ import typing as t
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from tap_openfunnel import signals
 from tap_openfunnel.exceptions import MalformedPageError, PageSequenceError
 
 if t.TYPE_CHECKING:
@@ -26,18 +27,22 @@ class Page:
         name: The page name the API says it returned (``page``), e.g. ``page_0003``.
         rows: The company rows (``[]`` when the API sent none or null).
         next_cursor: The next page's name, or None on the last page written so far.
+        text_checked: True when decoding already proved every string valid UTF-8
+            without NUL, so the record path need not check each one again.
     """
 
     name: str | None
     rows: list[dict[str, t.Any]]
     next_cursor: str | None
+    text_checked: bool = False
 
     @classmethod
-    def from_response(cls, body: Mapping[str, t.Any]) -> Page:
+    def from_response(cls, body: Mapping[str, t.Any], *, text_checked: bool = False) -> Page:
         """Read the page part of a poll answer, tolerating odd shapes.
 
         Args:
             body: The decoded poll answer.
+            text_checked: See the attribute.
 
         Returns:
             The page.
@@ -69,6 +74,7 @@ class Page:
             name=name if isinstance(name, str) and name else None,
             rows=kept,
             next_cursor=cursor if isinstance(cursor, str) and cursor else None,
+            text_checked=text_checked,
         )
 
 
@@ -198,21 +204,33 @@ class PageReader:
     itself and its successor as expected. On any disagreement the reader falls back to
     following ``next_cursor`` one page at a time.
 
+    Prefetch threads only fetch bytes; every body is decoded in the thread that iterates
+    :meth:`pages`. Objects built in a worker thread are allocated in that thread's own
+    malloc arena and freed from another; decoding there left each worker's arena holding
+    decoded pages' leftovers, the suspected source of issue 12's native memory growth
+    (docs/benchmarks.md).
+
     Args:
         job_id: The job.
-        fetch_page: Reads one page by cursor (None: the first page).
+        fetch_body: Fetches one page's body by cursor (None: the first page); called
+            from the prefetch threads, so it must not decode.
+        read_page: Decodes a fetched body, ``read_page(cursor, body)``, or fetches and
+            decodes the page itself when ``body`` is None; re-reads a body that does
+            not decode.
         concurrency: Page requests in flight (1: strictly sequential).
     """
 
     def __init__(
         self,
         job_id: str,
-        fetch_page: Callable[[str | None], Page],
+        fetch_body: Callable[[str | None], bytes],
+        read_page: Callable[[str | None, bytes | None], Page],
         *,
         concurrency: int = 1,
     ) -> None:
         self.job_id = job_id
-        self._fetch_page = fetch_page
+        self._fetch_body = fetch_body
+        self._read_page = read_page
         self.concurrency = max(1, concurrency)
 
     def pages(
@@ -247,13 +265,13 @@ class PageReader:
         yield from self._sequential(paginator, first)
 
     def _sequential(self, paginator: NextCursorPaginator, first: Page | None) -> Iterator[Page]:
-        page = first if first is not None else self._fetch_page(paginator.current)
+        page = first if first is not None else self._read_page(paginator.current, None)
         while True:
             paginator.accept(page)
             yield page
             if paginator.finished:
                 return
-            page = self._fetch_page(paginator.current)
+            page = self._read_page(paginator.current, None)
 
     def _prefetched(
         self,
@@ -270,26 +288,33 @@ class PageReader:
         executor = ThreadPoolExecutor(
             max_workers=self.concurrency,
             thread_name_prefix=f"pages-{self.job_id[:8]}",
+            # SIGINT/SIGTERM go to the main thread, which holds them while it writes.
+            initializer=signals.keep_from_this_thread,
         )
-        window: dict[int, Future[Page]] = {}
-        upcoming = iter(range(start_index, total_pages))
+        # Bodies requested and not yet decoded: at most `concurrency`, so memory is
+        # bounded by that many pages whatever the job's size. A page at hand takes no
+        # slot: every worker has a request in flight from the start.
+        window: dict[int, Future[bytes]] = {}
+        upcoming = iter(range(start_index + (first is not None), total_pages))
 
         def fill() -> None:
-            for index in upcoming:
-                if index == start_index and first is not None:
-                    ready: Future[Page] = Future()
-                    ready.set_result(first)
-                    window[index] = ready
-                else:
-                    window[index] = executor.submit(self._fetch_page, page_name(index))
-                if len(window) >= self.concurrency:
+            while len(window) < self.concurrency:
+                index = next(upcoming, None)
+                if index is None:
                     return
+                window[index] = executor.submit(self._fetch_body, page_name(index))
 
         try:
             fill()
             for index in range(start_index, total_pages):
-                page = window.pop(index).result()
-                fill()
+                if index == start_index and first is not None:
+                    page = first
+                else:
+                    body = window.pop(index).result()
+                    # Ask for the next page before decoding this one.
+                    fill()
+                    page = self._read_page(page_name(index), body)
+                    del body
                 if page.name != page_name(index):
                     LOGGER.warning(
                         "Job %s: asked for %s but the API answered %r; reading the rest "

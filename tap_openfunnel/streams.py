@@ -10,7 +10,6 @@ import typing as t
 from importlib import resources
 from pathlib import Path
 
-from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
 from tap_openfunnel.exceptions import (
@@ -25,6 +24,7 @@ from tap_openfunnel.pagination import MAX_PAGES_WITHOUT_MANIFEST as MAX_PAGES
 from tap_openfunnel.pagination import PageReader, page_name
 from tap_openfunnel.records import EXTRA_FIELD, RowShaper, keep_json
 from tap_openfunnel.settings import setting
+from tap_openfunnel.writer import SelectedRecordMessages
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -60,7 +60,7 @@ def load_schema(name: str) -> dict[str, t.Any]:
     return t.cast("dict[str, t.Any]", json.loads(source.read_text(encoding="utf-8")))
 
 
-class OpenFunnelStream(Stream):
+class OpenFunnelStream(SelectedRecordMessages):
     """A stream of the tap, with its schema file and its record shaper."""
 
     _tap: TapOpenFunnel
@@ -144,7 +144,8 @@ class CompanyStream(OpenFunnelStream):
         rows_total = start.rows_read
         reader = PageReader(
             job_id,
-            functools.partial(run.api.fetch_page, self.job_type, job_id),
+            functools.partial(run.api.page_body, self.job_type, job_id),
+            functools.partial(run.api.read_page, self.job_type, job_id),
             concurrency=run.settings.page_concurrency,
         )
         try:
@@ -158,6 +159,7 @@ class CompanyStream(OpenFunnelStream):
                     job_id=job_id,
                     page=page.name or cursor or page_name(0),
                     first_rank=rows_total + 1,
+                    text_checked=page.text_checked,
                 )
                 # Reached only once every record of the page has been handed on.
                 rows_total += len(page.rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 
 import pytest
@@ -35,6 +37,29 @@ class Fetcher:
         return self.pages[cursor]
 
 
+def encode(page: Page) -> bytes:
+    return json.dumps(
+        {"page": page.name, "rows": page.rows, "next_cursor": page.next_cursor}
+    ).encode()
+
+
+DECODED_IN: set[str] = set()
+
+
+def reader_for(job_id, fetch, concurrency) -> PageReader:
+    """A reader over a fetch that returns pages: its workers get them as bytes, as from
+    the API, and the reading thread decodes them."""
+
+    def body(cursor):
+        return encode(fetch(cursor))
+
+    def read(cursor, raw):
+        DECODED_IN.add(threading.current_thread().name)
+        return Page.from_response(json.loads(raw if raw is not None else body(cursor)))
+
+    return PageReader(job_id, body, read, concurrency=concurrency)
+
+
 def numbers(pages) -> list[int]:
     return [row["n"] for page in pages for row in page.rows]
 
@@ -43,7 +68,7 @@ def numbers(pages) -> list[int]:
 @pytest.mark.parametrize("start", [None, "page_0003"])
 def test_reads_every_page_in_order(concurrency, start):
     fetch = Fetcher(book(10))
-    reader = PageReader("job", fetch, concurrency=concurrency)
+    reader = reader_for("job", fetch, concurrency)
     got = list(reader.pages(start, total_pages=10))
     first = page_index(start) or 0
     assert numbers(got) == list(range(first * 3, 30))
@@ -54,9 +79,7 @@ def test_reads_every_page_in_order(concurrency, start):
 def test_first_page_at_hand_is_not_fetched_again():
     pages = book(3)
     fetch = Fetcher(pages)
-    got = list(
-        PageReader("job", fetch, concurrency=4).pages(None, first=pages[None], total_pages=3)
-    )
+    got = list(reader_for("job", fetch, 4).pages(None, first=pages[None], total_pages=3))
     assert numbers(got) == list(range(9))
     assert None not in fetch.calls
     assert "page_0000" not in fetch.calls
@@ -64,7 +87,7 @@ def test_first_page_at_hand_is_not_fetched_again():
 
 def test_sequential_follows_cursor_without_manifest():
     fetch = Fetcher(book(4))
-    got = list(PageReader("job", fetch, concurrency=8).pages(None, total_pages=None))
+    got = list(reader_for("job", fetch, 8).pages(None, total_pages=None))
     assert numbers(got) == list(range(12))
 
 
@@ -78,7 +101,7 @@ def test_opaque_cursors_fall_back_to_sequential(caplog):
         "page_0002": Page("page_0002", [{"n": 2}], None),
     }
     fetch = Fetcher(pages)
-    reader = PageReader("job", fetch, concurrency=4)
+    reader = reader_for("job", fetch, 4)
     assert numbers(reader.pages(None, total_pages=3)) == [0, 1, 2]
     assert "one page at a time" in caplog.text
     assert "tok-b" in fetch.calls
@@ -89,7 +112,7 @@ def test_wrong_page_is_not_emitted_by_the_prefetcher(caplog):
     # Asking for page_0002 returns page_0003: the prefetcher must notice, not emit it
     # as page_0002, and go on by next_cursor.
     pages["page_0002"] = Page("page_0003", pages["page_0003"].rows, None)
-    reader = PageReader("job", Fetcher(pages), concurrency=4)
+    reader = reader_for("job", Fetcher(pages), 4)
     got = list(reader.pages(None, total_pages=4))
     assert "asked for page_0002 but the API answered 'page_0003'" in caplog.text
     # Sequential mode trusts the API, as any cursor-following reader must; the prefetcher
@@ -99,15 +122,13 @@ def test_wrong_page_is_not_emitted_by_the_prefetcher(caplog):
 
 def test_more_pages_than_the_manifest_says_are_followed():
     fetch = Fetcher(book(5))
-    assert numbers(PageReader("job", fetch, concurrency=4).pages(None, total_pages=3)) == list(
-        range(15)
-    )
+    assert numbers(reader_for("job", fetch, 4).pages(None, total_pages=3)) == list(range(15))
 
 
 def test_empty_page_with_cursor_is_followed():
     pages = book(3)
     pages["page_0001"] = Page("page_0001", [], "page_0002")
-    got = list(PageReader("job", Fetcher(pages), concurrency=1).pages(None))
+    got = list(reader_for("job", Fetcher(pages), 1).pages(None))
     assert numbers(got) == [0, 1, 2, 6, 7, 8]
 
 
@@ -115,7 +136,7 @@ def test_empty_page_with_cursor_is_followed():
 def test_repeating_cursor_stops_with_a_clear_error(concurrency):
     pages = book(4)
     pages["page_0001"] = Page("page_0001", [{"n": 99}], "page_0001")
-    reader = PageReader("job-x", Fetcher(pages), concurrency=concurrency)
+    reader = reader_for("job-x", Fetcher(pages), concurrency)
     seen: list[int] = []
 
     def read_all() -> None:
@@ -135,7 +156,7 @@ def test_cycle_of_two_is_caught():
     pages = book(3)
     pages["page_0002"] = Page("page_0002", [{"n": 7}], "page_0001")
     with pytest.raises(PageSequenceError):
-        list(PageReader("job", Fetcher(pages), concurrency=1).pages(None))
+        list(reader_for("job", Fetcher(pages), 1).pages(None))
 
 
 def test_prefetch_window_is_bounded():
@@ -156,7 +177,7 @@ def test_prefetch_window_is_bounded():
             in_flight -= 1
         return pages[cursor]
 
-    got = list(PageReader("job", fetch, concurrency=3).pages(None, total_pages=40))
+    got = list(reader_for("job", fetch, 3).pages(None, total_pages=40))
     assert len(got) == 40
     assert 1 <= peak <= 3
 
@@ -175,9 +196,7 @@ def test_a_cursor_back_to_any_page_read_ends_the_walk(concurrency, back_to):
     seen: list[int] = []
 
     def read_all() -> None:
-        for page in PageReader("job", Fetcher(pages), concurrency=concurrency).pages(
-            None, total_pages=3
-        ):
+        for page in reader_for("job", Fetcher(pages), concurrency).pages(None, total_pages=3):
             seen.extend(row["n"] for row in page.rows)
 
     with pytest.raises(PageSequenceError, match="back to") as info:
@@ -189,7 +208,7 @@ def test_a_cursor_back_to_any_page_read_ends_the_walk(concurrency, back_to):
 def test_the_first_page_pointing_at_itself_is_caught():
     pages = {None: Page("page_0000", [{"n": 0}], "page_0000")}
     with pytest.raises(PageSequenceError):
-        list(PageReader("job", Fetcher(pages), concurrency=1).pages(None))
+        list(reader_for("job", Fetcher(pages), 1).pages(None))
 
 
 def test_an_old_page_under_a_fresh_cursor_is_caught():
@@ -197,7 +216,7 @@ def test_an_old_page_under_a_fresh_cursor_is_caught():
     pages["page_0001"] = Page("page_0001", [{"n": 3}], "fresh")
     pages["fresh"] = Page("page_0000", [{"n": 0}], None)  # page 0 again
     with pytest.raises(PageSequenceError, match="already read") as info:
-        list(PageReader("job", Fetcher(pages), concurrency=1).pages(None))
+        list(reader_for("job", Fetcher(pages), 1).pages(None))
     assert info.value.page is None  # its rows are a repeat: none may go out
 
 
@@ -219,19 +238,45 @@ class Endless:
 def test_pages_past_the_manifest_stop_within_the_margin(concurrency):
     fetch = Endless(rows=1)
     with pytest.raises(PageSequenceError, match="beyond what its manifest allows"):
-        list(PageReader("job", fetch, concurrency=concurrency).pages(None, total_pages=3))
+        list(reader_for("job", fetch, concurrency).pages(None, total_pages=3))
     assert fetch.calls <= 3 + 5 + concurrency
 
 
 def test_a_run_of_empty_pages_stops():
     fetch = Endless(rows=0)
     with pytest.raises(PageSequenceError, match="3 empty pages in a row"):
-        list(PageReader("job", fetch, concurrency=1).pages(None))
+        list(reader_for("job", fetch, 1).pages(None))
     assert fetch.calls == 3
 
 
 def test_without_a_manifest_the_walk_is_still_bounded():
     fetch = Endless(rows=1)
     with pytest.raises(PageSequenceError, match="without a manifest"):
-        list(PageReader("job", fetch, concurrency=1).pages(None))
+        list(reader_for("job", fetch, 1).pages(None))
     assert fetch.calls == 10_000
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_pages_are_decoded_in_the_reading_thread_only(concurrency):
+    """Prefetch threads move bytes; objects are built where the records are written."""
+    DECODED_IN.clear()
+    got = list(reader_for("job", Fetcher(book(12)), concurrency).pages(None, total_pages=12))
+    assert numbers(got) == list(range(36))
+    assert threading.current_thread().name in DECODED_IN
+    assert len(DECODED_IN) == 1
+
+
+def test_prefetch_threads_leave_termination_signals_to_the_main_thread():
+    """The main thread holds SIGTERM while it writes output; workers must not take it."""
+    masks: list[set[int]] = []
+    pages = book(6)
+
+    def fetch(cursor):
+        masks.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+        return pages[cursor]
+
+    got = list(reader_for("job", fetch, 3).pages(None, total_pages=6))
+    assert len(got) == 6
+    assert masks
+    assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks)
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])

@@ -1,0 +1,128 @@
+"""Singer output: RECORD lines in blocks, STATE never ahead of them, selection still applied."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+
+from singer_sdk.singerlib import RecordMessage, StateMessage
+from support import base_config, discover, parse_messages, tap_command, tap_env, write_json
+
+from tap_openfunnel.sandbox import JobSpec
+from tap_openfunnel.streams import load_schema
+from tap_openfunnel.tap import TapOpenFunnel
+from tap_openfunnel.writer import BLOCK_SIZE, BlockWriter
+
+
+def record(n: int, payload: str = "x") -> RecordMessage:
+    return RecordMessage(stream="s", record={"n": n, "payload": payload})
+
+
+def state(n: int) -> StateMessage:
+    return StateMessage(value={"n": n})
+
+
+@contextlib.contextmanager
+def file_stdout(tmp_path):
+    """Point sys.stdout at a real file descriptor, as when the tap writes to a pipe.
+
+    Set inside the test: pytest re-installs its own capture between fixture setup and
+    the test call.
+    """
+    path = tmp_path / "stdout"
+    stdout = path.open("w", encoding="utf-8")
+
+    def written() -> bytes:
+        return path.read_bytes()
+
+    try:
+        with contextlib.redirect_stdout(stdout):
+            yield written
+    finally:
+        stdout.close()
+
+
+def test_records_wait_for_the_next_state_and_keep_their_order(tmp_path):
+    writer = BlockWriter()
+    with file_stdout(tmp_path) as written:
+        for n in range(5):
+            writer.write_message(record(n))
+        assert written() == b""
+        writer.write_message(state(5))
+        lines = [json.loads(line) for line in written().splitlines()]
+    assert [line["type"] for line in lines] == ["RECORD"] * 5 + ["STATE"]
+    assert [line["record"]["n"] for line in lines[:5]] == list(range(5))
+
+
+def test_a_full_block_is_written_without_waiting_for_state(tmp_path):
+    writer = BlockWriter()
+    payload = "y" * 1000
+    count = 3 * BLOCK_SIZE // 1000
+    with file_stdout(tmp_path) as written:
+        for n in range(count):
+            writer.write_message(record(n, payload))
+        early = written()
+        writer.flush()
+        everything = written()
+    assert len(early) >= BLOCK_SIZE
+    # Whole lines only, in order, and the rest follows on flush.
+    assert early.endswith(b"\n")
+    assert everything.startswith(early)
+    lines = [json.loads(line) for line in everything.splitlines()]
+    assert [line["record"]["n"] for line in lines] == list(range(count))
+
+
+def test_flush_writes_what_is_pending(tmp_path):
+    writer = BlockWriter()
+    with file_stdout(tmp_path) as written:
+        writer.write_message(record(1))
+        writer.flush()
+        assert json.loads(written())["record"]["n"] == 1
+
+
+def test_a_deselected_property_is_left_out_and_the_rest_is_unchanged(server, tmp_path):
+    job = server.add_job(JobSpec(kind="tam", rows=30))
+    config_path = write_json(tmp_path / "c.json", base_config(server, tam_job_ids=[job]))
+    catalog = discover(config_path)
+
+    def run(catalog_path=None):
+        command = tap_command(config_path)
+        if catalog_path is not None:
+            command = [*command, "--catalog", str(catalog_path)]
+        proc = subprocess.run(
+            command, capture_output=True, text=True, env=tap_env(), timeout=60, check=True
+        )
+        return [
+            m["record"]
+            for m in parse_messages(proc.stdout)
+            if m["type"] == "RECORD" and m["stream"] == "tam_companies"
+        ]
+
+    everything = run()
+    assert len(everything) == 30
+    assert set(everything[0]) == set(load_schema("tam_companies")["properties"])
+    for entry in catalog["streams"]:
+        if entry["tap_stream_id"] != "tam_companies":
+            continue
+        for item in entry["metadata"]:
+            if not item["breadcrumb"]:
+                item["metadata"]["selected"] = True
+            elif item["breadcrumb"] == ["properties", "headquarters"]:
+                item["metadata"]["selected"] = False
+    trimmed = run(write_json(tmp_path / "catalog.json", catalog))
+    assert [{k: v for k, v in r.items() if k != "headquarters"} for r in everything] == trimmed
+
+
+def test_a_dry_run_hands_out_its_records_at_once(server):
+    """The SDK's connection test stops after a record without a closing STATE."""
+    job = server.add_job(JobSpec(kind="tam", rows=230))
+    tap = TapOpenFunnel(config=base_config(server, tam_job_ids=[job]))
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        tap.run_connection_test()
+    records = [m for m in parse_messages(captured.getvalue()) if m["type"] == "RECORD"]
+    assert any(m["stream"] == "tam_companies" for m in records)
+    assert isinstance(tap.message_writer, BlockWriter)
+    assert not tap.message_writer._block
