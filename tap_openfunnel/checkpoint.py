@@ -38,8 +38,10 @@ class Checkpoint:
 
     **Invariant: a partition in the tap's state only ever holds what is durable
     downstream.** The cursor moves past a page only once every record before it is
-    durable: written to stdout when records are written as they come, or, in BATCH
-    mode, inside a batch file whose BATCH message is out. So whatever writes the tap's
+    durable: handed to the message writer when records are written as they come (the
+    writer puts every RECORD line it holds on stdout before any STATE line, so no STATE
+    can overtake its records), or, in BATCH mode, inside a batch file whose BATCH
+    message is out. So whatever writes the tap's
     state, whenever it does (after each page, after each BATCH message, at stream end,
     or from a signal handler in the middle of a page), it can only write durable
     positions. Progress that is not durable yet is kept here, outside the state, until

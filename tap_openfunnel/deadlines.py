@@ -21,6 +21,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from tap_openfunnel import signals
+
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -89,6 +91,8 @@ class _Watchdog:
             self._cond.notify()
 
     def _run(self) -> None:
+        # SIGINT/SIGTERM go to the main thread, where output writes can hold them back.
+        signals.keep_from_this_thread()
         while True:
             with self._cond:
                 while self._heap and self._heap[0][2].finished:
