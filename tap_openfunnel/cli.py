@@ -14,9 +14,10 @@ from singer_sdk.exceptions import ConfigValidationError
 from tap_openfunnel.api import BALANCE_PATH
 from tap_openfunnel.budget import credits_text
 from tap_openfunnel.checkpoint import state_problem
-from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
+from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.exceptions import OpenFunnelError
 from tap_openfunnel.logs import install_reported_error_filter, install_secret_filter
+from tap_openfunnel.retries import RetryPolicy
 from tap_openfunnel.settings import MISSING_API_KEY, Settings, check_known_settings
 
 if t.TYPE_CHECKING:

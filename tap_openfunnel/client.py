@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import math
 import random
 import threading
 import typing as t
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import backoff
@@ -21,20 +18,19 @@ from tap_openfunnel.decoding import UndecodableBodyError, decode_object
 from tap_openfunnel.exceptions import (
     AmbiguousSubmitError,
     ApiError,
-    ConfigurationError,
     RetriesExhaustedError,
     UnreachableError,
 )
 from tap_openfunnel.responses import fatal_error, parse_retry_after
+from tap_openfunnel.retries import RetriableError, RetryPolicy
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Mapping
+    from collections.abc import Callable, Mapping
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
 T = t.TypeVar("T")
 
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _TOO_MANY_REQUESTS = 429
 # An answer that started and did not finish: worth another try.
 _CUT_SHORT = (
@@ -42,140 +38,6 @@ _CUT_SHORT = (
     requests.exceptions.ChunkedEncodingError,
     requests.exceptions.ContentDecodingError,
 )
-
-
-class RetriableError(Exception):
-    """A failure worth another try: 429, 5xx, a dropped connection or a cut-off body.
-
-    Args:
-        reason: Short description for logs (status or exception name).
-        status: HTTP status, when an answer arrived.
-        retry_after: Seconds the server asked us to wait, if it said.
-        sent: False only when the request surely never reached the server.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-        sent: bool = True,
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.retry_after = retry_after
-        self.sent = sent
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try before giving up on one request.
-
-    Attributes:
-        max_retries: Retries after the first attempt.
-        max_wait: The longest single wait between attempts, in seconds.
-        base_wait: The first backoff step, doubled each retry (with full jitter).
-        retry_unreachable: Retry when no connection could be opened (refused, unknown
-            host, connect timeout). A sync rides out a network blip; the connection
-            test answers at once, since "nothing is there" is its answer.
-    """
-
-    max_retries: int = 8
-    max_wait: float = 120.0
-    base_wait: float = 1.0
-    retry_unreachable: bool = True
-
-    def wait_for(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based).
-
-        Args:
-            attempt: Which retry this is.
-            retry_after: The server's own hint, which wins when it is a finite number.
-            rng: Source of jitter.
-
-        Returns:
-            The wait, never above ``max_wait``.
-        """
-        if retry_after is not None and math.isfinite(retry_after):
-            return min(max(retry_after, 0.0), self.max_wait)
-        ceiling = min(self.base_wait * (2 ** min(attempt - 1, 60)), self.max_wait)
-        # Full jitter: many taps retrying at once do not hit the API in lockstep.
-        return rng.uniform(ceiling / 2, ceiling)
-
-    def waits(self, rng: random.Random) -> Generator[float, RetriableError | None, None]:
-        """A ``backoff`` wait generator: it is sent each failure and yields the next wait.
-
-        Args:
-            rng: Source of jitter.
-
-        Yields:
-            Seconds to wait before each retry.
-        """
-        failure = yield 0.0  # backoff primes the generator with send(None)
-        attempt = 0
-        while True:
-            attempt += 1
-            hint = failure.retry_after if failure is not None else None
-            failure = yield self.wait_for(attempt, hint, rng)
-
-
-def check_api_url(api_url: str) -> str:
-    """Validate ``api_url``: HTTPS, or plain HTTP to loopback only.
-
-    Args:
-        api_url: The configured base URL.
-
-    Returns:
-        The URL without a trailing slash.
-
-    Raises:
-        ConfigurationError: When the URL would send the key in clear text.
-    """
-    parts = urlsplit(api_url.strip())
-    try:
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        host = ""
-    if parts.scheme not in {"http", "https"} or not host:
-        msg = (
-            f"Setting 'api_url' must be an absolute http(s) URL such as "
-            f"https://api.openfunnel.dev, not {api_url!r}. Fix it in the tap's config."
-        )
-        raise ConfigurationError(msg)
-    if parts.query or parts.fragment or parts.username or parts.password:
-        msg = (
-            "Setting 'api_url' must be a plain base URL such as https://api.openfunnel.dev, "
-            "without a query string, a fragment or credentials. Remove them from the URL."
-        )
-        raise ConfigurationError(msg)
-    if "/api/" in f"{parts.path.rstrip('/')}/":
-        msg = (
-            f"Setting 'api_url' has the path {parts.path!r}, which looks like an endpoint; "
-            "the tap adds '/api/v1/...' itself. Use the base URL only, such as "
-            "https://api.openfunnel.dev (a proxy's own path prefix, like "
-            "https://proxy.example/openfunnel, is fine)."
-        )
-        raise ConfigurationError(msg)
-    if parts.scheme == "http" and not _is_loopback(host):
-        msg = (
-            f"Setting 'api_url' uses plain HTTP to {host}, which would send the API key "
-            "unencrypted. Use an https:// URL; plain http is accepted only for loopback "
-            "addresses such as a local fake server."
-        )
-        raise ConfigurationError(msg)
-    return api_url.strip().rstrip("/")
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OpenFunnelClient:
@@ -186,7 +48,7 @@ class OpenFunnelClient:
     can exist, Retry-After in its three forms, refusing redirects, and the messages.
 
     Args:
-        api_url: Base URL (already checked by :func:`check_api_url`).
+        api_url: Base URL (already checked by :func:`~tap_openfunnel.settings.check_api_url`).
         api_key: Sent as ``X-API-Key``; never logged.
         timeout: Read timeout per request, in seconds.
         retry: The retry policy for idempotent requests.

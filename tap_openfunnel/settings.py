@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import typing as t
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
-from tap_openfunnel.client import check_api_url
 from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.jobs import JobType
@@ -195,6 +196,7 @@ CONFIG_SCHEMA = th.PropertiesList(
     ),
 ).to_dict()
 
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 
 DEFAULTS: dict[str, t.Any] = {
@@ -335,6 +337,63 @@ def check_known_settings(config: Mapping[str, t.Any], known: Iterable[str]) -> N
         "remove them; `tap-openfunnel --about` lists every setting."
     )
     raise ConfigurationError(msg)
+
+
+def check_api_url(api_url: str) -> str:
+    """Validate ``api_url``: HTTPS, or plain HTTP to loopback only.
+
+    Args:
+        api_url: The configured base URL.
+
+    Returns:
+        The URL without a trailing slash.
+
+    Raises:
+        ConfigurationError: When the URL would send the key in clear text.
+    """
+    parts = urlsplit(api_url.strip())
+    try:
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        host = ""
+    if parts.scheme not in {"http", "https"} or not host:
+        msg = (
+            f"Setting 'api_url' must be an absolute http(s) URL such as "
+            f"https://api.openfunnel.dev, not {api_url!r}. Fix it in the tap's config."
+        )
+        raise ConfigurationError(msg)
+    if parts.query or parts.fragment or parts.username or parts.password:
+        msg = (
+            "Setting 'api_url' must be a plain base URL such as https://api.openfunnel.dev, "
+            "without a query string, a fragment or credentials. Remove them from the URL."
+        )
+        raise ConfigurationError(msg)
+    if "/api/" in f"{parts.path.rstrip('/')}/":
+        msg = (
+            f"Setting 'api_url' has the path {parts.path!r}, which looks like an endpoint; "
+            "the tap adds '/api/v1/...' itself. Use the base URL only, such as "
+            "https://api.openfunnel.dev (a proxy's own path prefix, like "
+            "https://proxy.example/openfunnel, is fine)."
+        )
+        raise ConfigurationError(msg)
+    if parts.scheme == "http" and not _is_loopback(host):
+        msg = (
+            f"Setting 'api_url' uses plain HTTP to {host}, which would send the API key "
+            "unencrypted. Use an https:// URL; plain http is accepted only for loopback "
+            "addresses such as a local fake server."
+        )
+        raise ConfigurationError(msg)
+    return api_url.strip().rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _job_ids(config: Mapping[str, t.Any], name: str) -> tuple[str, ...]:

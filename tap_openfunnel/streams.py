@@ -22,7 +22,8 @@ from tap_openfunnel.exceptions import (
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.pagination import MAX_PAGES_WITHOUT_MANIFEST as MAX_PAGES
 from tap_openfunnel.pagination import PageReader, page_name
-from tap_openfunnel.records import EXTRA_FIELD, RowShaper, keep_json
+from tap_openfunnel.records import EXTRA_FIELD, RowShaper
+from tap_openfunnel.safe_values import keep_json
 from tap_openfunnel.settings import setting
 from tap_openfunnel.writer import SelectedRecordMessages
 

@@ -14,9 +14,10 @@ from singer_sdk.tap_base import CliTestOptionValue
 from tap_openfunnel import cli
 from tap_openfunnel.api import JobAPI
 from tap_openfunnel.checkpoint import Checkpoint
-from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
+from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.logs import install_secret_filter
 from tap_openfunnel.planner import Planner
+from tap_openfunnel.retries import RetryPolicy
 from tap_openfunnel.run import Run
 from tap_openfunnel.settings import CONFIG_SCHEMA, Settings, check_known_settings
 from tap_openfunnel.streams import (

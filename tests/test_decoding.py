@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 from support import API_KEY
 
 from tap_openfunnel.api import BALANCE_PATH
-from tap_openfunnel.client import OpenFunnelClient, RetryPolicy
+from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.decoding import UndecodableBodyError, decode_object, decode_page_fields
 from tap_openfunnel.exceptions import MalformedPageError, RetriesExhaustedError
 from tap_openfunnel.pagination import Page
-from tap_openfunnel.records import RowShaper, clean_text
+from tap_openfunnel.records import RowShaper
+from tap_openfunnel.retries import RetryPolicy
+from tap_openfunnel.safe_values import clean_text
 from tap_openfunnel.streams import load_schema
 
 

@@ -12,12 +12,12 @@ from test_hostile import BAD, GOOD, assert_clean, run_against
 
 from tap_openfunnel import logs
 from tap_openfunnel.exceptions import ChangedShapeError
-from tap_openfunnel.records import (
+from tap_openfunnel.records import RowShaper
+from tap_openfunnel.safe_values import (
     DEEP_MARKER,
     LARGE_MARKER,
     MAX_KEPT_CHARS,
     MAX_KEPT_DEPTH,
-    RowShaper,
     keep_json,
 )
 from tap_openfunnel.sandbox import JobSpec
