@@ -110,6 +110,12 @@ class TapOpenFunnel(Tap):
             for stream in self.streams.values()
             if isinstance(stream, CompanyStream) and stream.selected
         }
+        if not streams and self.streams[JobsStream.name].selected:
+            self.logger.warning(
+                "The jobs stream reports the jobs of the selected company streams, and "
+                "neither tam_companies nor lookalike_companies is selected: no job is "
+                "planned, submitted or read in this run. Select a company stream too."
+            )
         planner = Planner(
             self.settings,
             self.api,
