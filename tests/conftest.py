@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -43,3 +45,23 @@ def run_tap(tmp_path):
         return TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
 
     return run
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """The waits between retries (backoff sleeps with time.sleep), without waiting.
+
+    Only the test's own thread is spared the wait: the fake server's threads sleep for
+    real, since their slowness is what some tests inject.
+    """
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is threading.main_thread():
+            waits.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    return waits

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -21,22 +19,6 @@ from tap_openfunnel.records import RowShaper
 from tap_openfunnel.retries import RetryPolicy
 from tap_openfunnel.safe_values import clean_text
 from tap_openfunnel.streams import load_schema
-
-
-@pytest.fixture
-def sleeps(monkeypatch):
-    """The waits between retries (backoff sleeps with time.sleep), without waiting."""
-    waits: list[float] = []
-    real_sleep = time.sleep
-
-    def sleep(seconds: float) -> None:
-        if threading.current_thread() is threading.main_thread():
-            waits.append(seconds)
-        else:
-            real_sleep(seconds)
-
-    monkeypatch.setattr(time, "sleep", sleep)
-    return waits
 
 
 @pytest.mark.parametrize(

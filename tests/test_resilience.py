@@ -25,26 +25,6 @@ from tap_openfunnel.streams import load_schema
 ALL_FAULTS = ("429", "429_date", "429_body", "500", "502", "503", "drop", "cutoff", "slow")
 
 
-@pytest.fixture
-def sleeps(monkeypatch):
-    """The waits between retries (backoff sleeps with time.sleep), without waiting.
-
-    Only the test's own thread is spared the wait: the fake server's threads sleep for
-    real, since their slowness is what some tests inject.
-    """
-    waits: list[float] = []
-    real_sleep = time.sleep
-
-    def sleep(seconds: float) -> None:
-        if threading.current_thread() is threading.main_thread():
-            waits.append(seconds)
-        else:
-            real_sleep(seconds)
-
-    monkeypatch.setattr(time, "sleep", sleep)
-    return waits
-
-
 def client_for(server, **retry):
     return OpenFunnelClient(
         api_url=server.url, api_key=API_KEY, timeout=2, retry=RetryPolicy(**retry)

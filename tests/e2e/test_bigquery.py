@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from e2e_support import describe, tap_env
-from warehouse_support import api_rows, bigquery_emulator, build_project, null_counts
+from warehouse_support import (
+    api_rows,
+    bigquery_emulator,
+    build_project,
+    null_counts,
+    rerun_one_page_back,
+)
 
 from tap_openfunnel.sandbox import JobSpec
 
 pytestmark = pytest.mark.e2e
 
 LOADER = "target-bigquery"
-STATE_ID = f"dev:tap-openfunnel-to-{LOADER}"
 DATASET = "openfunnel"  # dataset in the doc's block
 TAM_ROWS, LOOKALIKE_ROWS, PAGE_SIZE = 1234, 250, 100
-TAM_PATH = "/api/v1/tam/build/"
 SEARCH = {"seed_domains": ["datadoghq.com", "gone.example"], "limit": LOOKALIKE_ROWS}
 TAM_NULLABLE = ("linkedin_url", "match_score", "employee_count", "hq_region", "funding_stage")
 TABLES = ("tam_companies", "lookalike_companies", "jobs", "credits_balance")
@@ -63,20 +65,8 @@ def test_meltano_run_loads_every_stream_into_bigquery(
         "credits_balance": 1,
     }, describe(first)
 
-    # The second run resumes the TAM job one page before its end, as after an
-    # interruption: pages 11 and 12 are sent again and must be merged, not added.
-    state = json.loads(meltano.run("state", "get", STATE_ID, cwd=project).stdout)
-    resume_one_page_back(state["singer_state"], tam)
-    set_state = meltano.run(
-        "state", "set", "--force", STATE_ID, json.dumps(state), cwd=project, env=env
-    )
-    assert set_state.returncode == 0, describe(set_state)
-    gets_before = fake_api.request_count("GET", TAM_PATH + tam)
-
-    second = meltano.run("run", "tap-openfunnel", LOADER, env=env, cwd=project)
-
-    assert second.returncode == 0, describe(second)
-    assert fake_api.request_count("GET", TAM_PATH + tam) - gets_before >= 2, "no page re-sent"
+    # Resumed one page before the TAM job's end: re-sent pages merge, not add.
+    second = rerun_one_page_back(meltano, project, env, fake_api, loader=LOADER, tam_job=tam)
     assert table_counts(bigquery) == {
         "tam_companies": TAM_ROWS,
         "lookalike_companies": LOOKALIKE_ROWS,
@@ -155,12 +145,3 @@ def table_counts(bigquery) -> dict[str, int]:
         *(f"select count(*) from {DATASET}.{table}" for table in TABLES)  # noqa: S608
     )
     return {table: rows[0][0] for table, rows in zip(TABLES, answers, strict=True)}
-
-
-def resume_one_page_back(state: dict, job_id: str) -> None:
-    """Make the TAM job's partition say: read up to page 11, next page page_0011."""
-    partitions = state["bookmarks"]["tam_companies"]["partitions"]
-    (partition,) = [p for p in partitions if p["context"]["job_id"] == job_id]
-    partition.pop("done", None)
-    partition["next_cursor"] = "page_0011"
-    partition["rows_read"] = 11 * PAGE_SIZE

@@ -12,6 +12,7 @@ from warehouse_support import (
     build_project,
     check_fakesnow_installed,
     null_counts,
+    rerun_one_page_back,
 )
 
 from tap_openfunnel.sandbox import JobSpec
@@ -19,10 +20,8 @@ from tap_openfunnel.sandbox import JobSpec
 pytestmark = pytest.mark.e2e
 
 LOADER = "target-snowflake"
-STATE_ID = f"dev:tap-openfunnel-to-{LOADER}"
 SCHEMA = "OPENFUNNEL"  # default_target_schema in the doc's block
 TAM_ROWS, LOOKALIKE_ROWS, PAGE_SIZE = 1234, 250, 100
-TAM_PATH = "/api/v1/tam/build/"
 SEARCH = {"seed_domains": ["datadoghq.com", "gone.example"], "limit": LOOKALIKE_ROWS}
 TAM_NULLABLE = ("linkedin_url", "match_score", "employee_count", "hq_region", "funding_stage")
 
@@ -55,20 +54,8 @@ def test_meltano_run_loads_every_stream_into_snowflake(meltano, fake_api, tmp_pa
         "CREDITS_BALANCE": 1,
     }, describe(first)
 
-    # The second run resumes the TAM job one page before its end, as after an
-    # interruption: pages 11 and 12 are sent again and must be merged, not added.
-    state = json.loads(meltano.run("state", "get", STATE_ID, cwd=project).stdout)
-    resume_one_page_back(state["singer_state"], tam)
-    set_state = meltano.run(
-        "state", "set", "--force", STATE_ID, json.dumps(state), cwd=project, env=env
-    )
-    assert set_state.returncode == 0, describe(set_state)
-    gets_before = fake_api.request_count("GET", TAM_PATH + tam)
-
-    second = meltano.run("run", "tap-openfunnel", LOADER, env=env, cwd=project)
-
-    assert second.returncode == 0, describe(second)
-    assert fake_api.request_count("GET", TAM_PATH + tam) - gets_before >= 2, "no page re-sent"
+    # Resumed one page before the TAM job's end: re-sent pages merge, not add.
+    rerun_one_page_back(meltano, project, env, fake_api, loader=LOADER, tam_job=tam)
     counts = table_counts(warehouse)
     assert counts["TAM_COMPANIES"] == TAM_ROWS
     assert counts["LOOKALIKE_COMPANIES"] == LOOKALIKE_ROWS
@@ -151,12 +138,3 @@ def column_types(warehouse: FakeSnowflake) -> dict[str, dict[str, str]]:
     tables = ("TAM_COMPANIES", "LOOKALIKE_COMPANIES", "JOBS", "CREDITS_BALANCE")
     answers = warehouse.query(*(f"describe table {t}" for t in tables), schema=SCHEMA)
     return {t: {row[0]: row[1] for row in rows} for t, rows in zip(tables, answers, strict=True)}
-
-
-def resume_one_page_back(state: dict, job_id: str) -> None:
-    """Make the TAM job's partition say: read up to page 11, next page page_0011."""
-    partitions = state["bookmarks"]["tam_companies"]["partitions"]
-    (partition,) = [p for p in partitions if p["context"]["job_id"] == job_id]
-    partition.pop("done", None)
-    partition["next_cursor"] = "page_0011"
-    partition["rows_read"] = 11 * PAGE_SIZE

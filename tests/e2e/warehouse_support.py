@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from e2e_support import PROJECT_ROOT, SETUP_HINT, free_port
+from e2e_support import PROJECT_ROOT, SETUP_HINT, describe, free_port
 
 from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.sandbox.data import page_rows
@@ -248,3 +248,37 @@ def api_rows(job_id: str, kind: str, rows: int) -> list[dict[str, Any]]:
 def null_counts(rows: list[dict[str, Any]], fields: tuple[str, ...]) -> dict[str, int]:
     """Per field, the rows where the API sent null or nothing."""
     return {name: sum(row.get(name) is None for row in rows) for name in fields}
+
+
+def rerun_one_page_back(  # noqa: PLR0913 - the e2e fixtures it needs, each one
+    meltano: Any,
+    project: Path,
+    env: dict[str, str],
+    fake_api: Any,
+    *,
+    loader: str,
+    tam_job: str,
+) -> subprocess.CompletedProcess[str]:
+    """Set Meltano's state one page before the TAM job's end, as after an interruption,
+    and run the pipeline again: pages 11 and 12 are sent again and must be merged.
+
+    Returns:
+        The second run's result (already checked to have exited 0 and re-read pages).
+    """
+    state_id = f"dev:tap-openfunnel-to-{loader}"
+    state = json.loads(meltano.run("state", "get", state_id, cwd=project).stdout)
+    partitions = state["singer_state"]["bookmarks"]["tam_companies"]["partitions"]
+    (partition,) = [p for p in partitions if p["context"]["job_id"] == tam_job]
+    partition.pop("done", None)
+    partition["next_cursor"] = "page_0011"
+    partition["rows_read"] = 11 * 100
+    set_state = meltano.run(
+        "state", "set", "--force", state_id, json.dumps(state), cwd=project, env=env
+    )
+    assert set_state.returncode == 0, describe(set_state)
+    path = f"/api/v1/tam/build/{tam_job}"
+    gets_before = fake_api.request_count("GET", path)
+    second = meltano.run("run", "tap-openfunnel", loader, env=env, cwd=project)
+    assert second.returncode == 0, describe(second)
+    assert fake_api.request_count("GET", path) - gets_before >= 2, "no page re-sent"
+    return second
