@@ -51,6 +51,17 @@ RUN_TIMEOUT = 180
 _FOREIGN_PREFIXES = ("TAP_OPENFUNNEL_", "TARGET_POSTGRES_", "TARGET_DUCKDB_", "MELTANO_")
 
 
+# Integer columns of every stream kind, whose warehouse type the e2e tests check: the
+# schemas' 64-bit bounds must give 64-bit integer columns, never strings or 128-bit.
+INTEGER_COLUMNS = (
+    ("tam_companies", "rank"),
+    ("tam_companies", "employee_count"),
+    ("tam_companies", "match_score"),
+    ("lookalike_companies", "employee_count"),
+    ("jobs", "pages"),
+)
+
+
 def free_port() -> int:
     """Return a loopback TCP port that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from e2e_support import describe, tap_env
+from e2e_support import INTEGER_COLUMNS, describe, tap_env
 from warehouse_support import (
     api_rows,
     bigquery_emulator,
@@ -110,13 +110,7 @@ def test_meltano_run_loads_every_stream_into_bigquery(
         table: {name: (kind, mode) for name, kind, mode in schema}
         for table, schema in zip(TABLES, schemas, strict=True)
     }
-    for table, column in [
-        ("tam_companies", "rank"),
-        ("tam_companies", "employee_count"),
-        ("tam_companies", "match_score"),
-        ("lookalike_companies", "employee_count"),
-        ("jobs", "pages"),
-    ]:
+    for table, column in INTEGER_COLUMNS:
         # INTEGER is INT64; not NUMERIC or BIGNUMERIC, not STRING.
         assert columns[table][column][0] == "INTEGER", (table, columns[table])
     assert columns["tam_companies"]["industries"] == ("STRING", "REPEATED")

@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from e2e_support import DUCKDB_PYTHON, describe, duckdb_summary, tap_env
+from e2e_support import DUCKDB_PYTHON, INTEGER_COLUMNS, describe, duckdb_summary, tap_env
 
 from tap_openfunnel.sandbox import JobSpec
 
@@ -35,13 +35,7 @@ def test_meltano_run_loads_every_row_into_duckdb(meltano, fake_api, tmp_path):
     # The schemas' 64-bit bounds make target-duckdb create BIGINT, not HUGEINT (128-bit);
     # arrays arrive as lists, [] where the API sent none.
     types = column_types(database)
-    for table, column in [
-        ("tam_companies", "rank"),
-        ("tam_companies", "employee_count"),
-        ("tam_companies", "match_score"),
-        ("lookalike_companies", "employee_count"),
-        ("jobs", "pages"),
-    ]:
+    for table, column in INTEGER_COLUMNS:
         assert types[table][column] == "BIGINT", (table, column, types[table])
     assert types["jobs"]["terminal_at"] == "TIMESTAMP"
     assert types["tam_companies"]["industries"] == "JSON"
