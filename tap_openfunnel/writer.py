@@ -40,15 +40,14 @@ class BlockWriter(MsgSpecWriter):
     collect in a block of about 64 KiB; any other message (STATE, SCHEMA...) writes
     the block out first and flushes. So a STATE line never reaches the target before
     the records it covers, and a run that dies leaves unwritten at most records after
-    the last STATE, which a resume from that STATE reads again. Interpreter exit
+    the last STATE, which a resume from that STATE reads again. Exit (:func:`flush_all`)
     writes the rest; the tap's signal exit writes a STATE, which does too.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._block = bytearray()
-        # A weak reference: an embedding process may create many taps.
-        atexit.register(_flush_at_exit, weakref.ref(self))
+        _LIVE.add(self)
 
     @override
     def write_message(self, message: Message) -> None:
@@ -86,10 +85,21 @@ class BlockWriter(MsgSpecWriter):
                 del block[: os.write(fd, block)]
 
 
-def _flush_at_exit(writer: weakref.ref[BlockWriter]) -> None:
-    alive = writer()
-    if alive is not None:
+# Weak references: an embedding process may create many taps.
+_LIVE: weakref.WeakSet[BlockWriter] = weakref.WeakSet()
+
+
+def flush_all() -> None:
+    """Write out the pending lines of every block writer still alive.
+
+    Run at interpreter exit, and by the command's own exit (``__main__.finish``),
+    which skips the interpreter's exit.
+    """
+    for alive in list(_LIVE):
         alive.flush()
+
+
+atexit.register(flush_all)
 
 
 class SelectedRecordMessages(Stream):

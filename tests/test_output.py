@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import subprocess
+import sys
 
 from singer_sdk.singerlib import RecordMessage, StateMessage
 from support import base_config, discover, parse_messages, tap_command, tap_env, write_json
@@ -126,3 +127,57 @@ def test_a_dry_run_hands_out_its_records_at_once(server):
     assert any(m["stream"] == "tam_companies" for m in records)
     assert isinstance(tap.message_writer, BlockWriter)
     assert not tap.message_writer._block
+
+
+# The command ends with os._exit (tap_openfunnel.__main__.finish), skipping the
+# interpreter's teardown: what the caller reads must be out before, and the exit code
+# must be the one sys.exit would give.
+_FINISH_CHILD = """
+import sys
+from singer_sdk.singerlib import RecordMessage
+from tap_openfunnel.__main__ import finish
+from tap_openfunnel.writer import BlockWriter
+
+writer = BlockWriter()
+for n in range(3):
+    writer.write_message(RecordMessage(stream="s", record={"n": n}))
+sys.stdin.readline()  # the parent is ready for the exit
+finish(eval(sys.argv[1]))
+"""
+
+
+def finish_child(code: str, *, close_stdout: bool = False) -> subprocess.CompletedProcess[bytes]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _FINISH_CHILD, code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    if close_stdout:
+        child.stdout.close()  # the target went away before the last lines
+    child.stdin.write(b"go\n")
+    child.stdin.close()
+    out = b"" if close_stdout else child.stdout.read()
+    err = child.stderr.read() if child.stderr is not None else b""
+    child.wait(timeout=60)
+    return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+
+
+def test_the_commands_exit_writes_pending_records_first():
+    done = finish_child("0")
+    assert done.returncode == 0
+    assert [json.loads(line)["record"]["n"] for line in done.stdout.splitlines()] == [0, 1, 2]
+
+
+def test_the_commands_exit_code_is_the_one_sys_exit_gives():
+    assert finish_child("None").returncode == 0
+    assert finish_child("3").returncode == 3
+    message = finish_child("'Could not start: the reason.'")
+    assert message.returncode == 1
+    assert b"Could not start: the reason." in message.stderr
+
+
+def test_the_commands_exit_is_not_zero_when_its_last_lines_could_not_be_written():
+    assert finish_child("0", close_stdout=True).returncode == 120

@@ -6,6 +6,7 @@ import gzip
 import json
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -172,13 +173,30 @@ def test_new_job_added_later_is_the_only_one_read(server, run_tap):
     assert len(second.records("tam_companies")) == 70
 
 
-@pytest.mark.parametrize("kill_at", [1, 150, 777, 1199])
-def test_sigkill_mid_extraction_then_resume_delivers_every_row(server, tmp_path, run_tap, kill_at):
+@pytest.mark.parametrize("kill_at", [1, 150, 777, 1100])
+def test_sigkill_mid_extraction_then_resume_delivers_every_row(
+    server, tmp_path, run_tap, monkeypatch, kill_at
+):
     server.latency = 0.005
     job = server.add_job(JobSpec(kind="tam", rows=1200))
     config = base_config(server, tam_job_ids=[job], page_concurrency=2)
     config_path = write_json(tmp_path / "c.json", config)
-    code, messages, _ = kill_after(tap_command(config_path), tap_env(), records=kill_at)
+    # The last page (rows 1101-1200) is held back until the kill has landed, so every
+    # kill point, the last one included, finds the tap still running.
+    release = threading.Event()
+    handle = server.handle
+
+    def hold_the_last_page(exchange):
+        if exchange.query.get("cursor") == "page_0011":
+            release.wait(30)
+        return handle(exchange)
+
+    monkeypatch.setattr(server, "handle", hold_the_last_page)
+    try:
+        code, messages, _ = kill_after(tap_command(config_path), tap_env(), records=kill_at)
+    finally:
+        release.set()
+    monkeypatch.undo()
     assert code == -signal.SIGKILL
     first = [
         m["record"] for m in messages if m["type"] == "RECORD" and m["stream"] == "tam_companies"
