@@ -291,14 +291,18 @@ class PageReader:
             # SIGINT/SIGTERM go to the main thread, which holds them while it writes.
             initializer=signals.keep_from_this_thread,
         )
-        # Bodies requested and not yet decoded: at most `concurrency`, so memory is
-        # bounded by that many pages whatever the job's size. A page at hand takes no
-        # slot: every worker has a request in flight from the start.
+        # Pages asked for and not yet decoded: at most twice `concurrency`, so memory is
+        # bounded by that many page bodies whatever the job's size. The executor has
+        # `concurrency` workers, so that many requests are in flight; the others wait
+        # in its queue, and a worker takes the next one the moment its answer is in,
+        # not when this thread gets to that page. Round trips then follow each other
+        # without waiting for the records of earlier pages to be written. A page at
+        # hand takes no slot.
         window: dict[int, Future[bytes]] = {}
         upcoming = iter(range(start_index + (first is not None), total_pages))
 
         def fill() -> None:
-            while len(window) < self.concurrency:
+            while len(window) < 2 * self.concurrency:
                 index = next(upcoming, None)
                 if index is None:
                     return

@@ -160,7 +160,7 @@ def test_cycle_of_two_is_caught():
 
 
 def test_prefetch_window_is_bounded():
-    """At most `concurrency` requests are in flight: memory is pages in flight x size."""
+    """At most `concurrency` requests are in flight."""
     in_flight = 0
     peak = 0
     lock = threading.Lock()
@@ -180,6 +180,38 @@ def test_prefetch_window_is_bounded():
     got = list(reader_for("job", fetch, 3).pages(None, total_pages=40))
     assert len(got) == 40
     assert 1 <= peak <= 3
+
+
+def test_workers_fetch_ahead_of_the_reader_up_to_twice_the_concurrency():
+    """A worker starts the next request when its answer is in, not when the reading
+    thread gets to that page; pages held undecoded stay bounded by 2 x concurrency."""
+    concurrency = 3
+    pages = book(40)
+    fetched = Fetcher(pages)
+    ahead = threading.Event()
+
+    def fetch(cursor):
+        page = fetched(cursor)
+        if len(fetched.calls) >= 2 * concurrency:
+            ahead.set()
+        return page
+
+    reader = reader_for("job", fetch, concurrency).pages(None, total_pages=40)
+    first = next(reader)
+    # The reader holds page 0 and asks for nothing more: the workers go on alone, to
+    # six pages (requests in flight plus answers waiting), no further.
+    assert ahead.wait(5)
+    assert len(fetched.calls) == 2 * concurrency
+    consumed = 1
+    most_ahead = 0
+    for _page in reader:
+        consumed += 1
+        with fetched.lock:
+            most_ahead = max(most_ahead, len(fetched.calls) - consumed)
+    assert first.name == "page_0000"
+    assert consumed == 40
+    assert fetched.calls == [page_name(index) for index in range(40)]
+    assert most_ahead <= 2 * concurrency
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
