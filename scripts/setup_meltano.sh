@@ -51,5 +51,15 @@ done
 if [[ "$missing" == 1 || "$(cat "$plugins_stamp" 2>/dev/null)" != "$wanted" ]]; then
     echo "==> meltano install (each plugin in its own virtualenv under .meltano/)"
     "$MELTANO_VENV/bin/meltano" install
+    # Meltano installs plugins with uv, which does not byte-compile them as pip does.
+    # Where Python does not write bytecode itself (PYTHONDONTWRITEBYTECODE, read-only
+    # images) every start of the tap would compile the Singer SDK again: `--about`
+    # took 0.77 s instead of 0.36 s. A file that does not compile is left to Python.
+    echo "==> byte-compiling the plugins' virtualenvs"
+    for plugin_venv in .meltano/*/*/venv; do
+        "$plugin_venv/bin/python" -m compileall -q -j0 "$plugin_venv/lib" >/dev/null 2>&1 || true
+    done
+    # The tap is installed editable (`pip_url: -e .`): its modules are these.
+    .meltano/extractors/tap-openfunnel/venv/bin/python -m compileall -q tap_openfunnel >/dev/null
     printf '%s' "$wanted" > "$plugins_stamp"
 fi
