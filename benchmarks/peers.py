@@ -18,11 +18,14 @@ import typing as t
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
 
 HERE = Path(__file__).resolve().parent
 VENVS = HERE.parent / ".bench-venvs"
+MELTANO_YML = HERE.parent / "meltano.yml"
 MIB = 2**20
 
 # target-duckdb 0.8.0 loads through a CSV read that, with duckdb 1.3 or newer, drops
@@ -37,6 +40,36 @@ TARGET_MEMORY = 0.10
 
 class PeerError(Exception):
     """A peer pipeline could not be built or run, so there is nothing to compare."""
+
+
+def shipped_target_settings(meltano_yml: Path = MELTANO_YML) -> dict[str, t.Any]:
+    """The target-duckdb settings the project's meltano.yml gives a value.
+
+    What ``meltano run tap-openfunnel target-duckdb`` passes the target, so (e) measures
+    the pipeline users run; ``filepath`` is left out (each run gets a fresh file).
+
+    Args:
+        meltano_yml: The project file.
+
+    Returns:
+        Setting name to value.
+
+    Raises:
+        PeerError: If meltano.yml defines no target-duckdb loader.
+    """
+    project = yaml.safe_load(meltano_yml.read_text(encoding="utf-8"))
+    for loader in project.get("plugins", {}).get("loaders", []):
+        if loader.get("name") == "target-duckdb":
+            values = {
+                setting["name"]: setting["value"]
+                for setting in loader.get("settings", [])
+                if "value" in setting
+            }
+            values.update(loader.get("config") or {})
+            values.pop("filepath", None)
+            return values
+    msg = f"{meltano_yml} defines no target-duckdb loader"
+    raise PeerError(msg)
 
 
 def venv(name: str, requirements: Sequence[str]) -> Path:
@@ -54,7 +87,9 @@ def venv(name: str, requirements: Sequence[str]) -> Path:
     """
     folder = VENVS / name
     stamp = folder / ".bench-stamp"
-    wanted = "\n".join(requirements)
+    # Console scripts name their interpreter by absolute path: a venv copied or moved
+    # from another checkout looks complete but cannot start, so the path is stamped too.
+    wanted = "\n".join([str(folder.resolve()), *requirements])
     if stamp.is_file() and stamp.read_text(encoding="utf-8") == wanted:
         return folder / "bin"
     print(f"    building {folder} ({', '.join(requirements)}); later runs reuse it ...")
@@ -212,15 +247,16 @@ def run_tap_pipeline(  # noqa: PLR0913 - the pipeline's parts and the sandbox
         target_bin: The target's environment's ``bin`` folder.
         workdir: Where the database, config and logs go.
         timeout: Seconds before giving up.
-        target_settings: Further target-duckdb settings (default: its own defaults).
+        target_settings: target-duckdb's settings besides ``filepath`` (None: its own
+            defaults, with the schema ``openfunnel``).
 
     Returns:
         The measured run.
     """
     database = workdir / "tap.duckdb"
     target_config = workdir / "target-duckdb.json"
-    settings = {"filepath": str(database), "default_target_schema": "openfunnel"}
-    target_config.write_text(json.dumps({**settings, **(target_settings or {})}), encoding="utf-8")
+    settings = {"default_target_schema": "openfunnel", **(target_settings or {})}
+    target_config.write_text(json.dumps({**settings, "filepath": str(database)}), encoding="utf-8")
     logs = {"tap-openfunnel": workdir / "tap.log", "target-duckdb": workdir / "target.log"}
     with logs["tap-openfunnel"].open("wb") as tap_log, logs["target-duckdb"].open("wb") as tlog:
         started = time.monotonic()
@@ -244,7 +280,8 @@ def run_tap_pipeline(  # noqa: PLR0913 - the pipeline's parts and the sandbox
             peaks = _wait(processes, timeout)
         wall = time.monotonic() - started
     _check(processes, logs)
-    rows = count_rows(target_bin / "python", database, "openfunnel.tam_companies")
+    table = f"{settings['default_target_schema']}.tam_companies"
+    rows = count_rows(target_bin / "python", database, table)
     return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows)
 
 
