@@ -115,12 +115,14 @@ class PipelineRun:
         peak_tree: Highest sum of the resident sets of all its processes, sampled.
         peaks: Each top-level process's own peak RSS (ru_maxrss, from wait4).
         rows: Rows counted in the DuckDB table afterwards.
+        cpu: Each top-level process's CPU seconds, user and system (from wait4).
     """
 
     wall: float
     peak_tree: int
     peaks: dict[str, int]
     rows: int
+    cpu: dict[str, float]
 
 
 class TreeSampler:
@@ -172,8 +174,11 @@ class TreeSampler:
         return total
 
 
-def _wait(processes: dict[str, subprocess.Popen[bytes]], timeout: float) -> dict[str, int]:
+def _wait(
+    processes: dict[str, subprocess.Popen[bytes]], timeout: float
+) -> tuple[dict[str, int], dict[str, float]]:
     peaks: dict[str, int] = {}
+    cpu: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     for name, process in processes.items():
         while True:
@@ -188,7 +193,8 @@ def _wait(processes: dict[str, subprocess.Popen[bytes]], timeout: float) -> dict
             time.sleep(0.01)
         process.returncode = os.waitstatus_to_exitcode(status)
         peaks[name] = usage.ru_maxrss * 1024
-    return peaks
+        cpu[name] = usage.ru_utime + usage.ru_stime
+    return peaks, cpu
 
 
 def _check(processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]) -> None:
@@ -277,12 +283,12 @@ def run_tap_pipeline(  # noqa: PLR0913 - the pipeline's parts and the sandbox
             tap_process.stdout.close()
         processes = {"tap-openfunnel": tap_process, "target-duckdb": target}
         with TreeSampler(tap_process.pid) as sampler:
-            peaks = _wait(processes, timeout)
+            peaks, cpu = _wait(processes, timeout)
         wall = time.monotonic() - started
     _check(processes, logs)
     table = f"{settings['default_target_schema']}.tam_companies"
     rows = count_rows(target_bin / "python", database, table)
-    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows)
+    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
 
 
 def run_dlt_pipeline(  # noqa: PLR0913 - the fake server's coordinates and the sandbox
@@ -324,8 +330,8 @@ def run_dlt_pipeline(  # noqa: PLR0913 - the fake server's coordinates and the s
             command, stdout=log, stderr=log, env=env, cwd=workdir, process_group=0
         )
         with TreeSampler(process.pid) as sampler:
-            peaks = _wait({"dlt": process}, timeout)
+            peaks, cpu = _wait({"dlt": process}, timeout)
         wall = time.monotonic() - started
     _check({"dlt": process}, logs)
     rows = count_rows(dlt_bin / "python", database, "openfunnel_dlt.tam_companies")
-    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows)
+    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
