@@ -730,3 +730,32 @@ def test_the_sandbox_refuses_to_serve_for_ever():
             for _ in range(5)
         ]
     assert codes == [200, 200, 200, 410, 410]
+
+
+def test_a_read_is_answered_latency_after_it_arrived_its_work_included(server, http, monkeypatch):
+    """Latency is what a remote API's answer takes, its own work included: the
+    benchmarks' sequential bound (pages x latency) assumes exactly that."""
+    job_id = server.add_job(JobSpec(kind="tam", rows=100))
+    server.latency = 0.4
+    answer = server._answer  # the server's own work, slowed down below
+
+    def slow_work(exchange):
+        time.sleep(0.3)
+        return answer(exchange)
+
+    monkeypatch.setattr(server, "_answer", slow_work)
+    started = time.monotonic()
+    poll(server, http, "tam", job_id)
+    took = time.monotonic() - started
+    # Not before the latency is up, and the 0.3 s of work is not added on top of it.
+    assert 0.4 <= took < 0.65
+
+
+def test_a_write_acts_only_once_the_latency_is_up(server, http):
+    """A client that gives up during a submit's latency has created nothing."""
+    server.latency = 1.0
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        http.post(f"{server.url}{TAM}", json={"query": "q"}, timeout=(5, 0.3))
+    assert server.submit_count("tam") == 0
+    time.sleep(1.0)
+    assert server.submit_count("tam") == 1  # the server went on and created it

@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     parser.add_argument("--port", type=int, default=8765, help="port to bind (0: any free port)")
     parser.add_argument("--api-key", default=DEFAULT_KEY, help="the one key the server accepts")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds from each request's arrival to its answer",
+    )
     parser.add_argument("--page-size", type=int, default=100, help="rows per result page")
     parser.add_argument(
         "--seed",

@@ -60,7 +60,10 @@ class FakeOpenFunnel:
 
     Args:
         api_keys: Keys accepted in ``X-API-Key``.
-        latency: Seconds slept before answering each API request.
+        latency: Seconds from an API request's arrival to its answer. A read (GET) is
+            worked out first and answered when the time is up, so its own work is part
+            of the latency, as a remote API's is; a write waits first and then acts, so
+            a client that gives up during the latency has changed nothing.
         page_size: Rows per page for jobs whose spec does not set one.
         credits_total: The account's credit allowance.
         seed: Seed of job ids (and nothing else: rows derive from job ids). None, the
@@ -248,11 +251,13 @@ class FakeOpenFunnel:
         return {"submits": submits, "requests": count, "credits_used": self.credits_used}
 
     # ------------------------------------------------------------ request handling
-    def handle(self, exchange: Exchange) -> Outcome:  # noqa: PLR0911 - one return per kind of answer
+    def handle(self, exchange: Exchange) -> Outcome:
         """Answer one API request, faults included (called from the HTTP threads).
 
-        Order: latency, redirect, submit script or random fault, then routing (which
-        checks the key). Faults come before auth, as a proxy in front of the API would.
+        Order: redirect, submit script or random fault, then routing (which checks the
+        key). Faults come before auth, as a proxy in front of the API would. A write
+        waits out the latency before all of that; a read is answered once the latency
+        has passed since it arrived, its work included.
 
         Args:
             exchange: The parsed request.
@@ -265,8 +270,19 @@ class FakeOpenFunnel:
                 json_answer(410, {"detail": "The sandbox refuses to serve for ever."}),
                 fault="max_requests",
             )
-        if self.latency > 0:
-            time.sleep(self.latency)
+        latency = self.latency  # one setting for the whole request
+        if latency <= 0:
+            return self._answer(exchange)
+        if exchange.method != "GET":
+            time.sleep(latency)
+            return self._answer(exchange)
+        due = time.monotonic() + latency
+        outcome = self._answer(exchange)
+        time.sleep(max(0.0, due - time.monotonic()))
+        return outcome
+
+    def _answer(self, exchange: Exchange) -> Outcome:
+        """:meth:`handle` without the latency."""
         if self.redirect_to is not None and exchange.path.startswith("/api/"):
             location = self.redirect_to.rstrip("/") + exchange.target
             return Outcome(
