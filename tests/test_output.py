@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from singer_sdk.singerlib import RecordMessage, StateMessage
 from support import base_config, discover, parse_messages, tap_command, tap_env, write_json
 
 from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.streams import load_schema
 from tap_openfunnel.tap import TapOpenFunnel
-from tap_openfunnel.writer import BLOCK_SIZE, BlockWriter
+from tap_openfunnel.writer import BLOCK_SIZE, PIPE_SIZE, BlockWriter, widen_pipe
 
 
 def record(n: int, payload: str = "x") -> RecordMessage:
@@ -181,3 +185,35 @@ def test_the_commands_exit_code_is_the_one_sys_exit_gives():
 
 def test_the_commands_exit_is_not_zero_when_its_last_lines_could_not_be_written():
     assert finish_child("0", close_stdout=True).returncode == 120
+
+
+def pipe_max_size() -> int:
+    return int(Path("/proc/sys/fs/pipe-max-size").read_text())
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_a_pipe_on_the_commands_stdout_is_widened():
+    """While the target loads a batch, the tap can write ~1 MiB ahead instead of 64 KiB."""
+    wanted = min(PIPE_SIZE, pipe_max_size())
+    read_end, write_end = os.pipe()
+    try:
+        assert fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ) == 64 * 1024  # the default
+        assert widen_pipe(write_end) == wanted
+        assert fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ) == wanted
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    # The command does it to its own stdout: the size stays with the pipe after it exits.
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tap_openfunnel", "--about"], stdout=subprocess.PIPE
+    )
+    assert child.stdout is not None
+    with child.stdout:
+        assert child.stdout.read()
+        assert child.wait(timeout=60) == 0
+        assert fcntl.fcntl(child.stdout.fileno(), fcntl.F_GETPIPE_SZ) == wanted
+
+
+def test_anything_but_a_pipe_is_left_alone(tmp_path):
+    with (tmp_path / "out").open("wb") as file:
+        assert widen_pipe(file.fileno()) is None
