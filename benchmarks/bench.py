@@ -416,8 +416,8 @@ def section_a(bench: Bench, scale: Scale, startup: float) -> list[dict[str, floa
                 [
                     str(concurrency),
                     f"{run.wall:.2f}",
-                    f"{ratio:.2f}",
-                    f"{net:.2f}",
+                    f"{ratio:.3f}",
+                    f"{net:.3f}",
                     f"{rows / run.wall:,.0f}",
                     target,
                     result,
