@@ -1,0 +1,427 @@
+"""Sections (a) to (d) and the start-up table: the tap at its defaults first, then the others."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+import typing as t
+
+import requests
+from harness import (
+    API_KEY,
+    DEFAULT_CONCURRENCY,
+    HERE,
+    MIB,
+    PAGE_SIZE,
+    ROOT,
+    TAM_PATH,
+    TARGET_A,
+    TARGET_B,
+    TARGET_C,
+    TARGET_D,
+    Bench,
+    Run,
+    Scale,
+    expect_records,
+    print_table,
+    verdict,
+)
+
+from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+
+if t.TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def measure_startup(bench: Bench, scale: Scale) -> dict[str, float]:
+    """Time the tap doing nothing much: imports, ``--about``, ``--test``, a run with no jobs.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+
+    Returns:
+        Median wall seconds of each.
+    """
+    python = sys.executable
+
+    def median(command: Sequence[str]) -> float:
+        return statistics.median(bench.wall_only(command) for _ in range(scale.startup_repeats))
+
+    with FakeOpenFunnel() as server:
+        config = bench.config(server)
+        figures = {
+            "python_s": median([python, "-c", "pass"]),
+            "import_sdk_s": median([python, "-c", "import singer_sdk"]),
+            "import_tap_s": median([python, "-c", "import tap_openfunnel.tap"]),
+            "about_s": median([bench.tap, "--about"]),
+            "test_s": median([bench.tap, "--config", str(config), "--test"]),
+            "zero_job_run_s": statistics.median(
+                bench.tap_run(config).wall for _ in range(scale.startup_repeats)
+            ),
+        }
+        # What `meltano run` / `meltano config test` start: the plugin's own virtualenv.
+        meltano_tap = ROOT / ".meltano/extractors/tap-openfunnel/venv/bin/tap-openfunnel"
+        if meltano_tap.exists():
+            figures["meltano_venv_about_s"] = median([str(meltano_tap), "--about"])
+    print(f"Start-up, median of {scale.startup_repeats} (wall s):")
+    print_table(
+        ["", "wall s"],
+        [
+            ["python -c pass", f"{figures['python_s']:.2f}"],
+            ["python -c 'import singer_sdk'", f"{figures['import_sdk_s']:.2f}"],
+            ["python -c 'import tap_openfunnel.tap'", f"{figures['import_tap_s']:.2f}"],
+            ["tap-openfunnel --about", f"{figures['about_s']:.2f}"],
+            ["tap-openfunnel --test (one balance call)", f"{figures['test_s']:.2f}"],
+            ["a run with no jobs", f"{figures['zero_job_run_s']:.2f}"],
+            *(
+                [["--about from Meltano's plugin venv", f"{figures['meltano_venv_about_s']:.2f}"]]
+                if "meltano_venv_about_s" in figures
+                else []
+            ),
+        ],
+    )
+    print("    Every wall time below includes start-up; the 'net' columns subtract the no-job run.")
+    return figures
+
+
+def plain_round_trip(server: FakeOpenFunnel, job_id: str, repeats: int = 9) -> float:
+    """One page request with plain ``requests`` (no tap code), median wall seconds.
+
+    Args:
+        server: The fake server, with its latency set.
+        job_id: A completed job of the server.
+        repeats: Requests to time, one after the other.
+
+    Returns:
+        The median round trip.
+    """
+    url = f"{server.url}/api/v1/tam/build/{job_id}"
+    times = []
+    with requests.Session() as session:
+        session.headers["X-API-Key"] = API_KEY
+        session.get(url, timeout=30).raise_for_status()  # the connection, opened
+        for _ in range(repeats):
+            began = time.perf_counter()
+            session.get(url, params={"cursor": "page_0001"}, timeout=30).raise_for_status()
+            times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def section_a(bench: Bench, scale: Scale, startup: float) -> dict[str, t.Any]:
+    """(a) One completed job read with page_concurrency 1, 4, 8 under server latency.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+        startup: Wall seconds of a no-job run.
+
+    Returns:
+        One dict per concurrency (``runs``), and the floor at page_concurrency 8.
+    """
+    rows = scale.a_pages * PAGE_SIZE
+    bound = scale.a_pages * scale.a_latency
+    print(
+        f"\n(a) Completed TAM job of {scale.a_pages} pages ({rows:,} rows, {PAGE_SIZE}/page), "
+        f"{scale.a_latency * 1000:.0f} ms server latency per request.\n"
+        f"    Sequential lower bound = {scale.a_pages} pages x {scale.a_latency * 1000:.0f} ms "
+        f"= {bound:.2f} s. Target: page_concurrency 8 <= {TARGET_A} x bound."
+    )
+    results: list[dict[str, float]] = []
+    table: list[list[str]] = []
+    with FakeOpenFunnel(latency=scale.a_latency, page_size=PAGE_SIZE) as server:
+        job_id = server.add_job(JobSpec(kind="tam", rows=rows))
+        for concurrency in scale.a_concurrency:
+            config = bench.config(server, tam_job_ids=[job_id], page_concurrency=concurrency)
+            run = bench.tap_run(config)
+            expect_records(run, "tam_companies", rows, f"(a) page_concurrency {concurrency}")
+            ratio = run.wall / bound
+            net = (run.wall - startup) / bound
+            target = f"<= {TARGET_A:.2f}" if concurrency == 8 else ""
+            result = verdict(ratio, TARGET_A) if concurrency == 8 else ""
+            table.append(
+                [
+                    str(concurrency),
+                    f"{run.wall:.2f}",
+                    f"{ratio:.3f}",
+                    f"{net:.3f}",
+                    f"{rows / run.wall:,.0f}",
+                    target,
+                    result,
+                ]
+            )
+            results.append(
+                {
+                    "page_concurrency": concurrency,
+                    "wall_s": run.wall,
+                    "x_bound": ratio,
+                    "net_x_bound": net,
+                }
+            )
+        round_trip = plain_round_trip(server, job_id)
+    print_table(
+        ["page_concurrency", "wall s", "x bound", "net x bound", "records/s", "target", ""],
+        table,
+    )
+    # The poll that finds the job terminal brings page_0000; 8 requests at a time fetch
+    # the rest, so the last of them ends after this many round trips in a row.
+    trips = 1 + math.ceil((scale.a_pages - 1) / 8)
+    floor = startup + trips * round_trip
+    print(
+        f"    Floor at page_concurrency 8 with this server, Python and machine: start-up "
+        f"{startup:.2f} s + {trips} round trips in a row x {round_trip * 1000:.1f} ms (one page\n"
+        f"    request with plain requests, timed here) = {floor:.2f} s = {floor / bound:.3f} x "
+        "bound."
+    )
+    return {
+        "runs": results,
+        "round_trip_s": round_trip,
+        "floor_s": floor,
+        "floor_x_bound": floor / bound,
+    }
+
+
+def section_b(bench: Bench, scale: Scale) -> dict[str, t.Any]:
+    """(b) Records per second of the tap against a bare requests + json.dumps loop.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+
+    Returns:
+        Figures per variant and the ratio.
+    """
+    rows = scale.b_rows
+    default = f"tap, concurrency {DEFAULT_CONCURRENCY}"
+    print(
+        f"\n(b) Record path: completed TAM job of {rows:,} rows ({rows // PAGE_SIZE} pages), "
+        "no server latency. Each process writes its\n    stdout to a pipe read by a separate "
+        "drain process (benchmarks/drain.py). 'e2e' = records / wall, start-up and job "
+        "polling\n    included; 'steady' = records between the first and the last record "
+        f"line the drain read. Best of {scale.b_repeats}.\n"
+        f"    Target: {default} (the default) e2e records/s >= {TARGET_B:.1f}x the bare loop's."
+    )
+    with FakeOpenFunnel(page_size=PAGE_SIZE) as server:
+        job_id = server.add_job(JobSpec(kind="tam", rows=rows))
+        empty_id = server.add_job(JobSpec(kind="tam", rows=0))
+
+        def bare(job: str) -> Run:
+            command = [
+                sys.executable,
+                str(HERE / "bare_loop.py"),
+                f"--url={server.url}",
+                f"--api-key={API_KEY}",
+                f"--job-id={job}",
+                f"--path={TAM_PATH}",
+            ]
+            return bench.run(command, timed_stream="tam_companies")
+
+        def tap(concurrency: int) -> t.Callable[[str], Run]:
+            return lambda job: bench.tap_run(
+                bench.config(server, tam_job_ids=[job], page_concurrency=concurrency)
+            )
+
+        variants = {
+            "bare loop": bare,
+            default: tap(DEFAULT_CONCURRENCY),
+            "tap, concurrency 1": tap(1),
+        }
+        # A job with no rows costs each variant its fixed share (start-up, imports, one
+        # request); subtracting its CPU leaves the cost of the records.
+        fixed = {name: variant(empty_id).cpu for name, variant in variants.items()}
+        runs: dict[str, list[Run]] = {name: [] for name in variants}
+        # Interleaved, so that a slow spell of a noisy machine hits every variant.
+        for _ in range(scale.b_repeats):
+            for name, variant in variants.items():
+                run = variant(job_id)
+                expect_records(run, "tam_companies", rows, f"(b) {name}")
+                runs[name].append(run)
+    best = {name: min(tries, key=lambda run: run.wall) for name, tries in runs.items()}
+    bare_best = best["bare loop"]
+    bare_steady = max(run.steady_rate("tam_companies") for run in runs["bare loop"])
+    figures: dict[str, t.Any] = {"rows": rows, "variants": {}}
+    table: list[list[str]] = []
+    for name, run in best.items():
+        steady = max(run.steady_rate("tam_companies") for run in runs[name])
+        e2e_ratio = bare_best.wall / run.wall
+        cpu_per_record = (run.cpu - fixed[name]) / rows * 1e6
+        is_target = name == default
+        table.append(
+            [
+                name,
+                f"{run.wall:.2f}",
+                f"{rows / run.wall:,.0f}",
+                f"{e2e_ratio:.2f}",
+                f"{steady:,.0f}",
+                f"{steady / bare_steady:.2f}",
+                f"{cpu_per_record:.0f}",
+                f">= {TARGET_B:.2f}" if is_target else "",
+                verdict(e2e_ratio, TARGET_B, at_most=False) if is_target else "",
+            ]
+        )
+        figures["variants"][name] = {
+            "wall_s": run.wall,
+            "e2e_records_per_s": rows / run.wall,
+            "e2e_ratio_to_bare": e2e_ratio,
+            "steady_records_per_s": steady,
+            "steady_ratio_to_bare": steady / bare_steady,
+            "cpu_s": run.cpu,
+            "fixed_cpu_s": fixed[name],
+            "net_cpu_us_per_record": cpu_per_record,
+        }
+    print_table(
+        [
+            "",
+            "wall s",
+            "e2e rec/s",
+            "e2e/bare",
+            "steady rec/s",
+            "steady/bare",
+            "CPU us/rec",
+            "target",
+            "",
+        ],
+        table,
+    )
+    print(
+        "    CPU us/rec: the child's own CPU, minus that of the same command on a job with "
+        "no rows, per record.\n    The server's share (row generation, JSON encoding) runs "
+        "in the bench process, the same for every variant."
+    )
+    figures["ratio"] = figures["variants"][default]["e2e_ratio_to_bare"]
+    return figures
+
+
+def section_c(bench: Bench, scale: Scale) -> list[dict[str, float]]:
+    """(c) Peak RSS of the tap process for a small and a large job, per page_concurrency.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+
+    Returns:
+        Per page_concurrency: peak RSS of each job, in MiB, and the difference.
+    """
+    small, large = scale.c_rows
+    goals = ", ".join(
+        f"{target:.0f} MiB at page_concurrency {concurrency}"
+        for concurrency, target in TARGET_C.items()
+    )
+    print(
+        "\n(c) Peak RSS of the whole tap process (its own ru_maxrss, from wait4), no latency."
+        f"\n    Target: {large:,} rows within {goals} of {small:,} rows."
+    )
+    results: list[dict[str, float]] = []
+    table: list[list[str]] = []
+    with FakeOpenFunnel(page_size=PAGE_SIZE) as server:
+        jobs = {rows: server.add_job(JobSpec(kind="tam", rows=rows)) for rows in (small, large)}
+        for concurrency in scale.c_concurrency:
+            peaks: dict[int, float] = {}
+            for rows, job_id in jobs.items():
+                config = bench.config(server, tam_job_ids=[job_id], page_concurrency=concurrency)
+                run = bench.tap_run(config)
+                expect_records(run, "tam_companies", rows, f"(c) {rows} rows")
+                peaks[rows] = run.max_rss / MIB
+            diff = peaks[large] - peaks[small]
+            target = TARGET_C.get(concurrency)
+            table.append(
+                [
+                    str(concurrency),
+                    f"{peaks[small]:.1f}",
+                    f"{peaks[large]:.1f}",
+                    f"{diff:+.1f}",
+                    f"<= {target:.0f}" if target is not None else "",
+                    verdict(diff, target) if target is not None else "",
+                ]
+            )
+            results.append(
+                {
+                    "page_concurrency": concurrency,
+                    "small_rows": small,
+                    "large_rows": large,
+                    "small_mib": peaks[small],
+                    "large_mib": peaks[large],
+                    "diff_mib": diff,
+                }
+            )
+    print_table(
+        [
+            "page_concurrency",
+            f"{small:,} rows MiB",
+            f"{large:,} rows MiB",
+            "difference",
+            "target",
+            "",
+        ],
+        table,
+    )
+    return results
+
+
+def section_d(bench: Bench, scale: Scale) -> dict[str, float]:
+    """(d) Three jobs that turn terminal at different times, extracted in one run.
+
+    Args:
+        bench: The runner.
+        scale: Sizes.
+
+    Returns:
+        The wall time, the slowest job's time and their ratio.
+    """
+    slowest = max(scale.d_finish)
+    finish = ", ".join(f"{seconds:g}" for seconds in scale.d_finish)
+    print(
+        f"\n(d) Three jobs (TAM, lookalike, TAM; {scale.d_rows:,} rows each) pending then "
+        f"running, terminal {finish} s after creation;\n    one tap run with poll_interval "
+        "0.25, max_poll_interval 0.5. Wall time from creating the jobs to the tap's exit.\n"
+        f"    Target: <= {TARGET_D} x the slowest job ({slowest:g} s)."
+    )
+    kinds: tuple[t.Literal["tam", "lookalike"], ...] = ("tam", "lookalike", "tam")
+    with FakeOpenFunnel(page_size=PAGE_SIZE) as server:
+        created = time.monotonic()
+        jobs = [
+            (
+                kind,
+                server.add_job(
+                    JobSpec(
+                        kind=kind,
+                        rows=scale.d_rows,
+                        pending_seconds=seconds / 2,
+                        running_seconds=seconds / 2,
+                    )
+                ),
+            )
+            for kind, seconds in zip(kinds, scale.d_finish, strict=True)
+        ]
+        tam_ids = [job_id for kind, job_id in jobs if kind == "tam"]
+        lookalike_ids = [job_id for kind, job_id in jobs if kind == "lookalike"]
+        config = bench.config(
+            server,
+            tam_job_ids=tam_ids,
+            lookalike_job_ids=lookalike_ids,
+            poll_interval=0.25,
+            max_poll_interval=0.5,
+        )
+        run = bench.tap_run(config)
+        wall = run.ended - created
+    expect_records(run, "tam_companies", scale.d_rows * len(tam_ids), "(d) TAM jobs")
+    expect_records(
+        run, "lookalike_companies", scale.d_rows * len(lookalike_ids), "(d) lookalike job"
+    )
+    ratio = wall / slowest
+    print_table(
+        ["", "wall s", "x slowest", "after slowest s", "target", ""],
+        [
+            [
+                "3 jobs, one run",
+                f"{wall:.2f}",
+                f"{ratio:.2f}",
+                f"{wall - slowest:.2f}",
+                f"<= {TARGET_D:.2f}",
+                verdict(ratio, TARGET_D),
+            ]
+        ],
+    )
+    return {"wall_s": wall, "slowest_s": slowest, "x_slowest": ratio}
