@@ -4,8 +4,8 @@ Run ``.venv/bin/python benchmarks/bench.py`` (add ``--peers`` for the side-by-si
 dlt, ``--markdown docs/benchmarks.md`` to regenerate that page, ``--readme README.md`` for
 the README's summary). Every section measures the default settings first
 (page_concurrency 4), then the others. The parts: harness.py (sizes, targets, the runner),
-sections.py ((a) to (d), start-up), peers_section.py and peers.py ((e)), report.py (what
-is printed and written around the figures).
+startup.py (the start-up table), sections.py ((a) to (d)), peers_section.py and peers.py
+((e)), report.py (what is printed and written around the figures).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from report import (
     update_readme,
     write_markdown,
 )
-from sections import measure_startup, section_a, section_b, section_c, section_d
+from sections import section_a, section_b, section_c, section_d
+from startup import measure_startup
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence

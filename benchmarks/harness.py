@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 if t.TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from tap_openfunnel.sandbox import FakeOpenFunnel
 
@@ -241,11 +241,12 @@ class Bench:
             ended=ended,
         )
 
-    def wall_only(self, command: Sequence[str]) -> float:
+    def wall_only(self, command: Sequence[str], *, env: Mapping[str, str] | None = None) -> float:
         """Time a command whose output does not matter.
 
         Args:
             command: The program and its arguments.
+            env: Its environment (default: this process's).
 
         Returns:
             Wall seconds.
@@ -254,7 +255,13 @@ class Bench:
             BenchError: If it failed.
         """
         started = time.monotonic()
-        done = subprocess.run(command, capture_output=True, check=False)
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            check=False,
+            cwd=ROOT,
+            env=None if env is None else dict(env),
+        )
         wall = time.monotonic() - started
         if done.returncode != 0:
             msg = f"{' '.join(command)} exited {done.returncode}: {done.stderr[-2000:]!r}"

@@ -139,7 +139,10 @@ the tap runs as its own CLI process per figure. Ratios are taken within this one
 machine is shared and noisy, so compare figures with each other, not with another run.
 
 - Start-up: medians of wall times; `--about` and `--test` pay for importing the Singer SDK,
-  which is most of it (compare the two import lines).
+  which is most of it (compare the two import lines). When Meltano is installed
+  (`make install`), the tap of Meltano's plugin venv and `meltano config test
+  tap-openfunnel` (the project's dev environment, the fake server, no job) are timed
+  too, beside `meltano --version`: Meltano's own start-up.
 - (a) latency hiding: 200 pages at 50 ms of server latency, whole run including start-up,
   against the sequential bound (pages x latency).
 - (b) throughput: whole process (`e2e`) and steady-state records/s against

@@ -1,4 +1,4 @@
-"""Sections (a) to (d) and the start-up table: the tap at its defaults first, then the others."""
+"""Sections (a) to (d): the tap at its defaults first, then the others."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from harness import (
     HERE,
     MIB,
     PAGE_SIZE,
-    ROOT,
     TAM_PATH,
     TARGET_A,
     TARGET_B,
@@ -30,61 +29,6 @@ from harness import (
 )
 
 from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
-
-if t.TYPE_CHECKING:
-    from collections.abc import Sequence
-
-
-def measure_startup(bench: Bench, scale: Scale) -> dict[str, float]:
-    """Time the tap doing nothing much: imports, ``--about``, ``--test``, a run with no jobs.
-
-    Args:
-        bench: The runner.
-        scale: Sizes.
-
-    Returns:
-        Median wall seconds of each.
-    """
-    python = sys.executable
-
-    def median(command: Sequence[str]) -> float:
-        return statistics.median(bench.wall_only(command) for _ in range(scale.startup_repeats))
-
-    with FakeOpenFunnel() as server:
-        config = bench.config(server)
-        figures = {
-            "python_s": median([python, "-c", "pass"]),
-            "import_sdk_s": median([python, "-c", "import singer_sdk"]),
-            "import_tap_s": median([python, "-c", "import tap_openfunnel.tap"]),
-            "about_s": median([bench.tap, "--about"]),
-            "test_s": median([bench.tap, "--config", str(config), "--test"]),
-            "zero_job_run_s": statistics.median(
-                bench.tap_run(config).wall for _ in range(scale.startup_repeats)
-            ),
-        }
-        # What `meltano run` / `meltano config test` start: the plugin's own virtualenv.
-        meltano_tap = ROOT / ".meltano/extractors/tap-openfunnel/venv/bin/tap-openfunnel"
-        if meltano_tap.exists():
-            figures["meltano_venv_about_s"] = median([str(meltano_tap), "--about"])
-    print(f"Start-up, median of {scale.startup_repeats} (wall s):")
-    print_table(
-        ["", "wall s"],
-        [
-            ["python -c pass", f"{figures['python_s']:.2f}"],
-            ["python -c 'import singer_sdk'", f"{figures['import_sdk_s']:.2f}"],
-            ["python -c 'import tap_openfunnel.tap'", f"{figures['import_tap_s']:.2f}"],
-            ["tap-openfunnel --about", f"{figures['about_s']:.2f}"],
-            ["tap-openfunnel --test (one balance call)", f"{figures['test_s']:.2f}"],
-            ["a run with no jobs", f"{figures['zero_job_run_s']:.2f}"],
-            *(
-                [["--about from Meltano's plugin venv", f"{figures['meltano_venv_about_s']:.2f}"]]
-                if "meltano_venv_about_s" in figures
-                else []
-            ),
-        ],
-    )
-    print("    Every wall time below includes start-up; the 'net' columns subtract the no-job run.")
-    return figures
 
 
 def plain_round_trip(server: FakeOpenFunnel, job_id: str, repeats: int = 9) -> float:
