@@ -216,7 +216,7 @@ Where a target is missed or close, this is why:
   (64 KiB by default), so it goes on writing meanwhile instead of stopping after about
   100 records: 4.25 s became 4.01 s with 10,000-row batches (medians of 5). The speed
   ratio is close to its goal and the machine's noise decides the verdict: in five full
-  runs of this round's final code its median was 4.7x to 5.2x (5.0x to 5.1x with the
+  runs of this round's final code its median was 4.7x to 5.2x (5.0x to 5.3x with the
   target's own defaults, which miss the memory goal instead).
 
 ```text
