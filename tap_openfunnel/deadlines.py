@@ -88,7 +88,11 @@ class _Watchdog:
                     target=self._run, name="request-deadlines", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif self._heap[0][2] is deadline:
+                # Only a deadline due before all the others changes when the watchdog
+                # must wake up. Requests share one timeout, so that is rare: waking the
+                # thread for every request cost a thread switch per request.
+                self._cond.notify()
 
     def _run(self) -> None:
         # SIGINT/SIGTERM go to the main thread, where output writes can hold them back.
