@@ -63,6 +63,40 @@ def step_times(stats: pstats.Stats) -> dict[str, float]:
     return seconds
 
 
+def run_profiled(output: str, tap_args: list[str]) -> int:
+    """The child: the tap's command line under cProfile, the profile written at the end.
+
+    The ``tap-openfunnel`` command ends with ``os._exit`` once its output is flushed
+    (``tap_openfunnel.__main__``), so nothing that waits for the interpreter's exit, as
+    ``python -m cProfile`` does, would run. This runs the same command line
+    (``__main__.run``: same imports, same pipe set-up), then flushes and dumps.
+
+    Args:
+        output: Where the pstats file goes.
+        tap_args: The tap's arguments.
+
+    Returns:
+        The tap's exit code (1 if it ended with a message).
+    """
+    import cProfile  # noqa: PLC0415 - the child only
+
+    sys.argv = ["tap-openfunnel", *tap_args]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        from tap_openfunnel import __main__ as command  # noqa: PLC0415 - profiled too
+
+        code = command.run()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(output)
+    from tap_openfunnel import writer  # noqa: PLC0415 - loaded by the run
+
+    writer.flush_all()
+    sys.stdout.flush()
+    return code if isinstance(code, int) else (0 if code is None else 1)
+
+
 def main() -> int:
     """Run the tap CLI under cProfile on one completed TAM job and print where time goes.
 
@@ -75,7 +109,6 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25, help="functions listed")
     parser.add_argument("--output", type=Path, help="keep the pstats file here")
     args = parser.parse_args()
-    tap = Path(sys.executable).with_name("tap-openfunnel")
     with tempfile.TemporaryDirectory(prefix="tap-openfunnel-profile-") as workdir:
         output = args.output or Path(workdir) / "tap.pstats"
         config = Path(workdir) / "config.json"
@@ -88,7 +121,9 @@ def main() -> int:
                 "page_concurrency": args.page_concurrency,
             }
             config.write_text(json.dumps(settings), encoding="utf-8")
-            command = [sys.executable, "-m", "cProfile", "-o", str(output), str(tap)]
+            # Not `python -m cProfile tap-openfunnel`: the command ends with os._exit,
+            # which would leave no profile behind (see run_profiled).
+            command = [sys.executable, __file__, "--profiled-run", str(output)]
             started = time.monotonic()
             # Records go through a pipe to a drain process, as in bench.py.
             with subprocess.Popen(
@@ -124,4 +159,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--profiled-run":
+        sys.exit(run_profiled(sys.argv[2], sys.argv[3:]))
     sys.exit(main())
