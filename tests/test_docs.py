@@ -40,3 +40,26 @@ def test_readme_benchmark_summary_is_a_generated_one():
     assert "benchmarks/bench.py --peers --markdown docs/benchmarks.md --readme README.md" in block
     for figure in ("(a)", "(b)", "(c)", "(d)", "(e)"):
         assert f"| {figure} " in block, figure
+
+
+def test_profile_tap_profiles_a_run():
+    """benchmarks/profile_tap.py, which the docs point to for where time goes, works:
+    the command ends with os._exit, so a profiler waiting for the interpreter's exit
+    would never write its figures."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "profile_tap.py"),
+            "--rows",
+            "300",
+            "--top",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "300 records in" in done.stdout
+    assert "tap_openfunnel/__main__.py" in done.stdout  # the run itself was profiled
