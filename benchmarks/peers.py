@@ -259,10 +259,7 @@ def run_tap_pipeline(  # noqa: PLR0913 - the pipeline's parts and the sandbox
     Returns:
         The measured run.
     """
-    database = workdir / "tap.duckdb"
-    target_config = workdir / "target-duckdb.json"
-    settings = {"default_target_schema": "openfunnel", **(target_settings or {})}
-    target_config.write_text(json.dumps({**settings, "filepath": str(database)}), encoding="utf-8")
+    database, target_config, table = _target_config(workdir, target_settings)
     logs = {"tap-openfunnel": workdir / "tap.log", "target-duckdb": workdir / "target.log"}
     with logs["tap-openfunnel"].open("wb") as tap_log, logs["target-duckdb"].open("wb") as tlog:
         started = time.monotonic()
@@ -286,7 +283,89 @@ def run_tap_pipeline(  # noqa: PLR0913 - the pipeline's parts and the sandbox
             peaks, cpu = _wait(processes, timeout)
         wall = time.monotonic() - started
     _check(processes, logs)
-    table = f"{settings['default_target_schema']}.tam_companies"
+    rows = count_rows(target_bin / "python", database, table)
+    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
+
+
+def _target_config(
+    workdir: Path, target_settings: dict[str, t.Any] | None
+) -> tuple[Path, Path, str]:
+    """Write target-duckdb's config for a fresh database in ``workdir``.
+
+    Returns:
+        The database file, the config file and the ``schema.table`` rows land in.
+    """
+    database = workdir / "tap.duckdb"
+    target_config = workdir / "target-duckdb.json"
+    settings = {"default_target_schema": "openfunnel", **(target_settings or {})}
+    target_config.write_text(json.dumps({**settings, "filepath": str(database)}), encoding="utf-8")
+    return database, target_config, f"{settings['default_target_schema']}.tam_companies"
+
+
+def capture_tap_output(tap: str, tap_config: Path, output: Path, timeout: float) -> None:
+    """Run the tap alone and keep its Singer output in ``output``.
+
+    Args:
+        tap: The tap's console script.
+        tap_config: Its config file.
+        output: Where its stdout goes.
+        timeout: Seconds before giving up.
+
+    Raises:
+        PeerError: If the tap failed.
+    """
+    log = output.with_suffix(".log")
+    with output.open("wb") as out, log.open("wb") as err:
+        process = subprocess.Popen([tap, "--config", str(tap_config)], stdout=out, stderr=err)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            msg = f"tap-openfunnel did not finish within {timeout:.0f} s"
+            raise PeerError(msg) from None
+    _check({"tap-openfunnel": process}, {"tap-openfunnel": log})
+
+
+def run_target_alone(
+    singer_file: Path,
+    target_bin: Path,
+    workdir: Path,
+    timeout: float,
+    *,
+    target_settings: dict[str, t.Any] | None = None,
+) -> PipelineRun:
+    """``target-duckdb < file``: the target on the tap's saved output, with no tap running.
+
+    The target's own time for these rows, start-up included, and so the floor of
+    ``tap | target-duckdb``: the tap can only add to it.
+
+    Args:
+        singer_file: The tap's output (:func:`capture_tap_output`).
+        target_bin: The target's environment's ``bin`` folder.
+        workdir: Where the database, config and log go.
+        timeout: Seconds before giving up.
+        target_settings: As for :func:`run_tap_pipeline`.
+
+    Returns:
+        The measured run.
+    """
+    database, target_config, table = _target_config(workdir, target_settings)
+    logs = {"target-duckdb": workdir / "target.log"}
+    with singer_file.open("rb") as messages, logs["target-duckdb"].open("wb") as log:
+        started = time.monotonic()
+        target = subprocess.Popen(
+            [str(target_bin / "target-duckdb"), "--config", str(target_config)],
+            stdin=messages,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            process_group=0,
+        )
+        processes = {"target-duckdb": target}
+        with TreeSampler(target.pid) as sampler:
+            peaks, cpu = _wait(processes, timeout)
+        wall = time.monotonic() - started
+    _check(processes, logs)
     rows = count_rows(target_bin / "python", database, table)
     return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
 

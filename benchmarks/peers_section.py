@@ -73,7 +73,10 @@ def section_peers(bench: Bench, rows: int) -> dict[str, t.Any]:
                 path.mkdir()
                 return path
 
-            names = ("tap", "own", "dlt")
+            # The tap's output, saved once: the target alone reads it from a file.
+            singer_file = bench.workdir / "peers-tap-output.singer"
+            peers.capture_tap_output(bench.tap, tap_config, singer_file, CHILD_TIMEOUT)
+            names = ("tap", "own", "alone", "dlt")
             measured: dict[str, list[peers.PipelineRun]] = {name: [] for name in names}
             # Interleaved, so that a busy spell of the machine hits all three alike.
             for repeat in range(PEER_REPEATS):
@@ -92,6 +95,15 @@ def section_peers(bench: Bench, rows: int) -> dict[str, t.Any]:
                         bench.tap, tap_config, target_bin, folder("own", repeat), CHILD_TIMEOUT
                     )
                 )
+                measured["alone"].append(
+                    peers.run_target_alone(
+                        singer_file,
+                        target_bin,
+                        folder("alone", repeat),
+                        CHILD_TIMEOUT,
+                        target_settings=shipped,
+                    )
+                )
                 measured["dlt"].append(
                     peers.run_dlt_pipeline(
                         dlt_bin,
@@ -107,6 +119,7 @@ def section_peers(bench: Bench, rows: int) -> dict[str, t.Any]:
     labels = {
         "tap": "tap | target-duckdb (meltano.yml)",
         "own": "  same, target's own defaults",
+        "alone": "target-duckdb alone, from a file",
         "dlt": "dlt rest_api",
     }
     for name, runs_of in measured.items():
@@ -121,7 +134,7 @@ def section_peers(bench: Bench, rows: int) -> dict[str, t.Any]:
     def median_peak(name: str) -> float:
         return statistics.median(run.peak_tree for run in measured[name])
 
-    tap_run, own_run, dlt_run = (median_run(name) for name in names)
+    tap_run, own_run, alone_run, dlt_run = (median_run(name) for name in names)
     speedup = dlt_run.wall / tap_run.wall
     memory = median_peak("tap") / median_peak("dlt")
     own_speedup = dlt_run.wall / own_run.wall
@@ -152,7 +165,11 @@ def section_peers(bench: Bench, rows: int) -> dict[str, t.Any]:
     )
     print(
         f"    Medians of {PEER_REPEATS} interleaved runs; CPU and ru_maxrss are those of the "
-        "median run."
+        "median run.\n"
+        "    'alone': target-duckdb (meltano.yml settings) reading the tap's saved output from "
+        "a file, no tap running: the target's\n"
+        f"    own time, which the pipeline can only add to. With this target the tap's pipeline "
+        f"cannot beat {alone_run.wall:.2f} s, {dlt_run.wall / alone_run.wall:.2f}x dlt."
     )
     print_table(
         ["", "meltano.yml", "target defaults", "target", ""],
@@ -181,6 +198,7 @@ def section_peers(bench: Bench, rows: int) -> dict[str, t.Any]:
             "wall_s": own_run.wall,
             "peak_rss_mib": median_peak("own") / MIB,
         },
+        "target_alone": {"wall_s": alone_run.wall, "peak_rss_mib": median_peak("alone") / MIB},
         "dlt": {"wall_s": dlt_run.wall, "peak_rss_mib": median_peak("dlt") / MIB},
         "speedup": speedup,
         "memory_ratio": memory,
