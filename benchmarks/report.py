@@ -221,13 +221,17 @@ Where a target is missed or close, this is why:
   "target-duckdb alone, from a file" is the target by itself on the tap's saved output,
   no tap running: the most any tap could reach with this target is dlt's time over
   that one. The tap's pipeline takes about 0.5 s more: the tap's start-up and first
-  page before the target has anything to read, and the two processes sharing the
-  machine's 2 CPUs (target-duckdb alone took 3.43 s from a file, 3.65 s with another
-  process busy on the other CPU). More buffering does not help: with a thread relaying
-  the tap's output through an unbounded buffer, the pipeline took 4.29 s against 4.11 s
-  direct (medians of 5). The speed ratio is close to its goal and the machine's noise
-  decides the verdict: in the full runs of the last two rounds its median was 4.7x to
-  5.3x.
+  page before the target has anything to read (the target is ready after about 0.2 s,
+  the tap's first record comes after about 0.3 s), and three processes sharing the
+  machine's 2 CPUs: the target, the tap, and the fake server, which renders each page
+  (100 rows and their JSON, about 1.1 ms of Python a page) in the benchmark's process.
+  target-duckdb alone took 3.43 s from a file, 3.65 s with another process busy on the
+  other CPU; with the server answering from pages kept in memory (an experiment, not
+  the benchmark), the pipeline took 3.7-3.9 s instead of 4.0-4.3 s. More buffering does
+  not help: with a thread relaying the tap's output through an unbounded buffer, the
+  pipeline took 4.29 s against 4.11 s direct (medians of 5). The speed ratio is close
+  to its goal and the machine's noise decides the verdict: in the full runs of the last
+  two rounds its median was 4.7x to 5.3x.
 
 ```text
 {output.rstrip()}
