@@ -370,6 +370,48 @@ def run_target_alone(
     return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
 
 
+def run_meltano_pipeline(
+    meltano: Path, env: dict[str, str], workdir: Path, timeout: float
+) -> PipelineRun:
+    """``meltano run tap-openfunnel target-duckdb`` in the project, as users run it.
+
+    Meltano's start-up, its catalog discovery (a second tap start: Meltano caches no
+    catalog for an editable install, ``pip_url: -e .`` as in this project; installed
+    from a package, the tap is discovered once), the relaying of every line from tap to
+    target and the state it stores are all in.
+
+    Args:
+        meltano: The ``meltano`` command (``make install`` builds it).
+        env: Meltano's environment (``startup.meltano_env``), the job to read included.
+        workdir: Where the database, Meltano's system database and the log go.
+        timeout: Seconds before giving up.
+
+    Returns:
+        The measured run. Its CPU and ru_maxrss are Meltano's with the tap and the
+        target it waited for.
+    """
+    database = workdir / "meltano.duckdb"
+    env = {**env, "TARGET_DUCKDB_FILEPATH": str(database)}
+    logs = {"meltano": workdir / "meltano.log"}
+    with logs["meltano"].open("wb") as log:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [str(meltano), "run", "tap-openfunnel", "target-duckdb"],
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=HERE.parent,
+            process_group=0,
+        )
+        with TreeSampler(process.pid) as sampler:
+            peaks, cpu = _wait({"meltano": process}, timeout)
+        wall = time.monotonic() - started
+    _check({"meltano": process}, logs)
+    target_python = HERE.parent / ".meltano/loaders/target-duckdb/venv/bin/python"
+    rows = count_rows(target_python, database, "openfunnel.tam_companies")
+    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
+
+
 def run_dlt_pipeline(  # noqa: PLR0913 - the fake server's coordinates and the sandbox
     dlt_bin: Path, *, url: str, api_key: str, job_id: str, workdir: Path, timeout: float
 ) -> PipelineRun:
