@@ -27,7 +27,7 @@ from tap_openfunnel.streams import (
     LookalikeCompaniesStream,
     TamCompaniesStream,
 )
-from tap_openfunnel.writer import BlockWriter
+from tap_openfunnel.writer import BlockWriter, EncodedStateWriter
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -66,6 +66,18 @@ class TapOpenFunnel(Tap):
     ]
 
     _run: Run | None = None
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:  # noqa: ANN401 - the SDK's
+        """Build the tap as the SDK does, with a STATE writer that scales with state.
+
+        Args:
+            *args: The SDK's positional arguments.
+            **kwargs: The SDK's keyword arguments.
+        """
+        super().__init__(*args, **kwargs)
+        # The SDK's own attribute, which its sync loop uses directly (not only through
+        # the state_writer property); tests check that STATE goes through this one.
+        self._state_writer = EncodedStateWriter(self.message_writer)
 
     @cached_property
     def settings(self) -> Settings:

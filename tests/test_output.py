@@ -12,13 +12,23 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.singerlib import RecordMessage, StateMessage
 from support import base_config, discover, parse_messages, tap_command, tap_env, write_json
 
 from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.streams import load_schema
 from tap_openfunnel.tap import TapOpenFunnel
-from tap_openfunnel.writer import BLOCK_SIZE, PIPE_SIZE, BlockWriter, widen_pipe
+from tap_openfunnel.writer import (
+    BLOCK_SIZE,
+    PIPE_SIZE,
+    BlockWriter,
+    EncodedStateWriter,
+    state_line,
+    widen_pipe,
+)
 
 
 def record(n: int, payload: str = "x") -> RecordMessage:
@@ -217,3 +227,66 @@ def test_a_pipe_on_the_commands_stdout_is_widened():
 def test_anything_but_a_pipe_is_left_alone(tmp_path):
     with (tmp_path / "out").open("wb") as file:
         assert widen_pipe(file.fileno()) is None
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=5))
+def test_a_state_line_is_byte_for_byte_the_sdks(value):
+    """The STATE fast path (no asdict copy) writes exactly what the SDK's writer does."""
+    message = StateMessage(value=value)
+    expected = bytes(MsgSpecWriter().format_message(message))
+    assert bytes(BlockWriter().format_message(message)) == expected
+    assert bytes(state_line(value)) == expected
+
+
+class ListWriter:
+    def __init__(self) -> None:
+        self.lines: list[dict] = []
+
+    def write_message(self, message) -> None:
+        self.lines.append(json.loads(bytes(BlockWriter().format_message(message))))
+
+
+def test_a_state_is_written_again_only_when_it_changed():
+    sink = ListWriter()
+    writer = EncodedStateWriter(sink)
+    partition = {"context": {"job_id": "a"}, "next_cursor": "page_0001", "rows_read": 100}
+    state = {"bookmarks": {"tam_companies": {"partitions": [partition]}}}
+    writer.write_state(state)
+    writer.write_state(state)  # unchanged: not written again
+    assert len(sink.lines) == 1
+    # The SDK changes state in place: a change deep inside must still be seen.
+    partition["next_cursor"] = "page_0002"
+    writer.write_state(state)
+    partition["rows_read"] = 200
+    writer.write_state(state)
+    writer.write_state(state)
+    assert [
+        line["value"]["bookmarks"]["tam_companies"]["partitions"][0] for line in sink.lines
+    ] == [
+        {"context": {"job_id": "a"}, "next_cursor": "page_0001", "rows_read": 100},
+        {"context": {"job_id": "a"}, "next_cursor": "page_0002", "rows_read": 100},
+        {"context": {"job_id": "a"}, "next_cursor": "page_0002", "rows_read": 200},
+    ]
+
+
+def test_the_tap_writes_state_through_the_encoded_writer(server):
+    """The SDK's sync loop uses its private ``_state_writer``, not only the property: both
+    must be the tap's writer, or an SDK upgrade has moved it."""
+    tap = TapOpenFunnel(config=base_config(server))
+    assert isinstance(tap.state_writer, EncodedStateWriter)
+    assert tap._state_writer is tap.state_writer
+    assert tap.state_writer._message_writer is tap.message_writer
