@@ -32,6 +32,7 @@ from report import (
 )
 from sections import section_a, section_b, section_c, section_d
 from startup import measure_startup
+from state_section import section_f
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
@@ -87,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     figures["b"] = section_b(bench, scale)
                     figures["c"] = section_c(bench, scale)
                     figures["d"] = section_d(bench, scale)
+                    figures["f"] = section_f(bench, scale)
                 if args.peers or args.peers_only:
                     figures["e"] = section_peers(bench, scale.b_rows)
             except BenchError as exc:

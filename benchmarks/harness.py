@@ -53,6 +53,7 @@ class Scale:
         c_concurrency: page_concurrency values tried in (c).
         d_finish: When each (d) job turns terminal, seconds after creation.
         d_rows: Rows of each (d) job.
+        f_partitions: Finished jobs in the state of (f).
         startup_repeats: Runs of each start-up measurement; the median is kept.
     """
 
@@ -65,6 +66,7 @@ class Scale:
     c_concurrency: tuple[int, ...]
     d_finish: tuple[float, float, float]
     d_rows: int
+    f_partitions: int
     startup_repeats: int
 
 
@@ -78,6 +80,7 @@ DEFAULT = Scale(
     c_concurrency=(DEFAULT_CONCURRENCY, 8, 1),
     d_finish=(2.0, 3.0, 4.0),
     d_rows=1_000,
+    f_partitions=1_000,
     startup_repeats=3,
 )
 # Smaller jobs, one repeat: only what differs from DEFAULT.
@@ -88,6 +91,7 @@ QUICK = dataclasses.replace(
     b_repeats=1,
     c_rows=(1_000, 20_000),
     d_rows=500,
+    f_partitions=300,
     startup_repeats=1,
 )
 
@@ -109,6 +113,7 @@ class Run:
             the timed stream (None if there was none).
         last_record: The same for the last one.
         ended: ``time.monotonic()`` when the child had exited.
+        output_bytes: Bytes the child wrote on stdout.
     """
 
     wall: float
@@ -118,6 +123,7 @@ class Run:
     first_record: float | None
     last_record: float | None
     ended: float
+    output_bytes: int = 0
 
     def steady_rate(self, stream: str) -> float:
         """Records per second from the first to the last record of ``stream``.
@@ -238,6 +244,7 @@ class Bench:
             first_record=summary["first_record"],
             last_record=summary["last_record"],
             ended=ended,
+            output_bytes=summary["bytes"],
         )
 
     def wall_only(self, command: Sequence[str], *, env: Mapping[str, str] | None = None) -> float:
