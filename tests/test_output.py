@@ -18,6 +18,7 @@ from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.singerlib import RecordMessage, StateMessage
 from support import base_config, discover, parse_messages, tap_command, tap_env, write_json
 
+from tap_openfunnel import cli
 from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.streams import load_schema
 from tap_openfunnel.tap import TapOpenFunnel
@@ -26,6 +27,7 @@ from tap_openfunnel.writer import (
     PIPE_SIZE,
     BlockWriter,
     EncodedStateWriter,
+    SelectedRecordMessages,
     state_line,
     widen_pipe,
 )
@@ -290,3 +292,27 @@ def test_the_tap_writes_state_through_the_encoded_writer(server):
     assert isinstance(tap.state_writer, EncodedStateWriter)
     assert tap._state_writer is tap.state_writer
     assert tap.state_writer._message_writer is tap.message_writer
+
+
+def test_records_are_built_by_the_taps_own_message_builder(server, monkeypatch, capsys):
+    """SelectedRecordMessages replaces a private SDK method: were the SDK to stop calling
+    it, every record would quietly take the slow path again. This notices."""
+    job = server.add_job(JobSpec(kind="tam", rows=5))
+    built: list[int] = []
+    original = SelectedRecordMessages._generate_record_messages
+
+    def counting(self, record):
+        if "rank" in record:
+            built.append(record["rank"])
+        return original(self, record)
+
+    monkeypatch.setattr(SelectedRecordMessages, "_generate_record_messages", counting)
+    cli.sync(TapOpenFunnel(config=base_config(server, tam_job_ids=[job])))
+    assert built == [1, 2, 3, 4, 5]
+    written = parse_messages(capsys.readouterr().out)
+    ranks = [
+        m["record"]["rank"]
+        for m in written
+        if m["type"] == "RECORD" and m["stream"] == "tam_companies"
+    ]
+    assert ranks == [1, 2, 3, 4, 5]
