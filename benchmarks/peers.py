@@ -8,6 +8,7 @@ the rows each landed are counted in DuckDB itself, not in anyone's logs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -124,6 +125,10 @@ class PipelineRun:
     rows: int
     cpu: dict[str, float]
 
+    def landed(self, rows: int) -> PipelineRun:
+        """The same run, with the rows counted in its database."""
+        return dataclasses.replace(self, rows=rows)
+
 
 class TreeSampler:
     """Samples the summed RSS of every process in one process group, every 20 ms.
@@ -195,6 +200,26 @@ def _wait(
         peaks[name] = usage.ru_maxrss * 1024
         cpu[name] = usage.ru_utime + usage.ru_stime
     return peaks, cpu
+
+
+def _follow(
+    processes: dict[str, subprocess.Popen[bytes]], started: float, timeout: float
+) -> PipelineRun:
+    """Wait for a pipeline's processes, sampling the memory of the first one's group.
+
+    Args:
+        processes: The pipeline's processes; the first leads the process group.
+        started: ``time.monotonic()`` just before the first was started.
+        timeout: Seconds before giving up.
+
+    Returns:
+        The run, with no rows counted yet (see :meth:`PipelineRun.landed`).
+    """
+    leader = next(iter(processes.values()))
+    with TreeSampler(leader.pid) as sampler:
+        peaks, cpu = _wait(processes, timeout)
+    wall = time.monotonic() - started
+    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=0, cpu=cpu)
 
 
 def _check(processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]) -> None:
@@ -279,12 +304,9 @@ def run_tap_pipeline(  # noqa: PLR0913 - the pipeline's parts and the sandbox
         if tap_process.stdout is not None:
             tap_process.stdout.close()
         processes = {"tap-openfunnel": tap_process, "target-duckdb": target}
-        with TreeSampler(tap_process.pid) as sampler:
-            peaks, cpu = _wait(processes, timeout)
-        wall = time.monotonic() - started
+        measured = _follow(processes, started, timeout)
     _check(processes, logs)
-    rows = count_rows(target_bin / "python", database, table)
-    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
+    return measured.landed(count_rows(target_bin / "python", database, table))
 
 
 def _target_config(
@@ -362,12 +384,9 @@ def run_target_alone(
             process_group=0,
         )
         processes = {"target-duckdb": target}
-        with TreeSampler(target.pid) as sampler:
-            peaks, cpu = _wait(processes, timeout)
-        wall = time.monotonic() - started
+        measured = _follow(processes, started, timeout)
     _check(processes, logs)
-    rows = count_rows(target_bin / "python", database, table)
-    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
+    return measured.landed(count_rows(target_bin / "python", database, table))
 
 
 def run_meltano_pipeline(
@@ -403,13 +422,10 @@ def run_meltano_pipeline(
             cwd=HERE.parent,
             process_group=0,
         )
-        with TreeSampler(process.pid) as sampler:
-            peaks, cpu = _wait({"meltano": process}, timeout)
-        wall = time.monotonic() - started
+        measured = _follow({"meltano": process}, started, timeout)
     _check({"meltano": process}, logs)
     target_python = HERE.parent / ".meltano/loaders/target-duckdb/venv/bin/python"
-    rows = count_rows(target_python, database, "openfunnel.tam_companies")
-    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
+    return measured.landed(count_rows(target_python, database, "openfunnel.tam_companies"))
 
 
 def run_dlt_pipeline(  # noqa: PLR0913 - the fake server's coordinates and the sandbox
@@ -450,9 +466,6 @@ def run_dlt_pipeline(  # noqa: PLR0913 - the fake server's coordinates and the s
         process = subprocess.Popen(
             command, stdout=log, stderr=log, env=env, cwd=workdir, process_group=0
         )
-        with TreeSampler(process.pid) as sampler:
-            peaks, cpu = _wait({"dlt": process}, timeout)
-        wall = time.monotonic() - started
+        measured = _follow({"dlt": process}, started, timeout)
     _check({"dlt": process}, logs)
-    rows = count_rows(dlt_bin / "python", database, "openfunnel_dlt.tam_companies")
-    return PipelineRun(wall=wall, peak_tree=sampler.peak, peaks=peaks, rows=rows, cpu=cpu)
+    return measured.landed(count_rows(dlt_bin / "python", database, "openfunnel_dlt.tam_companies"))
