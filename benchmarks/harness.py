@@ -48,7 +48,8 @@ class Scale:
         a_latency: Server latency per request in (a), seconds.
         a_concurrency: page_concurrency values tried in (a).
         b_rows: Rows of the (b) job.
-        b_repeats: Interleaved repeats of each (b) variant; the best is kept.
+        b_repeats: Interleaved repeats of each (a) and (b) variant: (a) keeps the median,
+            (b) the best.
         c_rows: Small and large job of (c).
         c_concurrency: page_concurrency values tried in (c).
         d_finish: When each (d) job turns terminal, seconds after creation.
