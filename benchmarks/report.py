@@ -207,16 +207,16 @@ Where a target is missed or close, this is why:
   poll that finds the job terminal, which also brings page_0000, then the other 199
   pages). Each round trip takes about 52 ms for 50 ms of latency (Python's HTTP at both
   ends of loopback, 8 answers at a time), so 26 of them in a row plus a start-up of
-  0.23-0.25 s come to about 0.162 x the bound: 0.16 is below the floor here, and the tap
-  sits within 0.01-0.02 s of it. The start-up is nearly all the Singer SDK's own imports
-  (fsspec and universal_pathlib for BATCH files, jsonschema, requests, joblib for
-  targets), which the tap cannot make lazy without patching the SDK's import graph
-  (stubbing universal_pathlib alone saved 20-30 ms); 0.16 needs a lighter `import
-  singer_sdk`. The fake server's latency is the time from a request's arrival to its
-  answer, its own work included, as the bound assumes. Until this round the work came
-  on top of it (1.5-2.5 ms of Python per page, plus queueing among the handler
-  threads): the page_concurrency 1 run took 1.12 x the bound, and at 8 the same tap
-  code measured 1.69 s (0.17).
+  0.23-0.28 s came to 0.159-0.166 x the bound in this round's full runs, and the tap sat
+  0.01-0.06 s above that: 0.16 is at or below the floor here. The start-up is nearly all
+  the Singer SDK's own imports (fsspec and universal_pathlib for BATCH files,
+  jsonschema, requests, joblib for targets), which the tap cannot make lazy without
+  patching the SDK's import graph (stubbing universal_pathlib alone saved 20-30 ms);
+  0.16 needs a lighter `import singer_sdk`. The fake server's latency is the time from a
+  request's arrival to its answer, its own work included, as the bound assumes. Until
+  the previous round the work came on top of it (1.5-2.5 ms of Python per page, plus
+  queueing among the handler threads): the page_concurrency 1 run took 1.12 x the
+  bound, and at 8 the same tap code measured 1.69 s (0.17).
 - (b) "e2e" includes start-up, longer for the tap (the Singer SDK) than for the bare
   loop; "steady" leaves it out. On this shared machine the e2e ratio at the defaults
   moved by about 0.15 either way between runs of the same code.
