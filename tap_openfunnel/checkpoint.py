@@ -42,7 +42,7 @@ class Checkpoint:
     writer puts every RECORD line it holds on stdout before any STATE line, so no STATE
     can overtake its records), or, in BATCH mode, inside a batch file whose BATCH
     message is out. So whatever writes the tap's
-    state, whenever it does (after each page, after each BATCH message, at stream end,
+    state, whenever it does (after a page, after each BATCH message, at stream end,
     or from a signal handler in the middle of a page), it can only write durable
     positions. Progress that is not durable yet is kept here, outside the state, until
     :meth:`promote` moves it in.
@@ -52,6 +52,10 @@ class Checkpoint:
         emit: Writes a STATE message with the tap's whole state.
         hold_until_promoted: True in BATCH mode: pages read are durable only once the
             batch file holding them has been announced.
+        due: Whether a page's new position is worth a STATE line now (None: always).
+            A position that is not written at once stays in the state, and goes out
+            with the next STATE line, whoever writes it. A job read to the end, a
+            submit, a failure and a BATCH file are written at once regardless.
     """
 
     def __init__(
@@ -60,10 +64,12 @@ class Checkpoint:
         emit: Callable[[], None],
         *,
         hold_until_promoted: bool = False,
+        due: Callable[[], bool] | None = None,
     ) -> None:
         self._partition = partition
         self._emit = emit
         self.hold_until_promoted = hold_until_promoted
+        self._due = due
         self._streams: dict[str, str] = {}
         self._handed: dict[str, Position] = {}
 
@@ -184,7 +190,13 @@ class Checkpoint:
                 state.pop("next_cursor", None)
             if self._handed.get(job_id) == position:
                 del self._handed[job_id]
-        self._emit()
+        if (
+            self._due is None
+            or self.hold_until_promoted
+            or any(position.done for position in positions.values())
+            or self._due()
+        ):
+            self._emit()
 
     def write(self) -> None:
         """Write the state as it is: by the invariant, durable positions only."""

@@ -77,7 +77,8 @@ class TapOpenFunnel(Tap):
         super().__init__(*args, **kwargs)
         # The SDK's own attribute, which its sync loop uses directly (not only through
         # the state_writer property); tests check that STATE goes through this one.
-        self._state_writer = EncodedStateWriter(self.message_writer)
+        self._encoded_state = EncodedStateWriter(self.message_writer)
+        self._state_writer = self._encoded_state
 
     @cached_property
     def settings(self) -> Settings:
@@ -109,6 +110,7 @@ class TapOpenFunnel(Tap):
             ),
             lambda: self.state_writer.write_state(self.state),
             hold_until_promoted=bool(self.config.get("batch_config")),
+            due=self._encoded_state.due,
         )
 
     def make_plan(self) -> Plan:

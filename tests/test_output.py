@@ -316,3 +316,88 @@ def test_records_are_built_by_the_taps_own_message_builder(server, monkeypatch, 
         if m["type"] == "RECORD" and m["stream"] == "tam_companies"
     ]
     assert ranks == [1, 2, 3, 4, 5]
+
+
+def test_a_state_line_is_due_once_records_since_the_last_outweigh_it(tmp_path):
+    writer = BlockWriter()
+    states = EncodedStateWriter(writer)
+    assert states.due()  # nothing written yet
+    big = {"bookmarks": {"s": {"partitions": [{"context": {"job_id": "x" * 2000}}]}}}
+    with file_stdout(tmp_path):
+        states.write_state(big)
+        assert not states.due()
+        line = len(writer.format_message(record(0)))
+        for n in range(2000 // line):
+            writer.write_message(record(n))
+        assert not states.due()
+        for n in range(3):
+            writer.write_message(record(n))
+        assert states.due()
+        states.write_state({"bookmarks": {}})
+        assert not states.due()
+        writer.write_message(record(0, "y" * 100))  # outweighs the small state at once
+        assert states.due()
+
+
+def test_a_grown_state_is_written_every_few_pages_and_never_ahead(server, run_tap):
+    """A state that remembers 1,000 jobs is larger than a page of records: it is written
+    every few pages instead of after each, never ahead of its records, and a resume from
+    any of those lines reads the rest without a gap."""
+    job = server.add_job(JobSpec(kind="tam", rows=3000))
+    remembered = [
+        {
+            "context": {"job_id": f"old-{n:04d}"},
+            "origin": "submitted",
+            "fingerprint": f"{n:064x}",
+            "submitted_at": "2026-01-01T02:00:03+00:00",
+            "request": {"query": f"cloud observability and monitoring tools, market {n}"},
+            "rows_read": 10,
+            "done": True,
+        }
+        for n in range(1000)
+    ]
+    state = {"bookmarks": {"tam_companies": {"partitions": remembered}}}
+    config = base_config(server, tam_job_ids=[job])
+    first = run_tap(config, state)
+    assert first.returncode == 0, first.stderr
+
+    def position(message):
+        for partition in message["value"]["bookmarks"]["tam_companies"]["partitions"]:
+            if partition["context"]["job_id"] == job:
+                return partition
+        return None
+
+    ranks_before = 0
+    positions = []
+    since_state = last_state = 0  # record bytes since the last STATE line, its size
+    for text in first.stdout.splitlines():
+        message, line = json.loads(text), len(text.encode()) + 1
+        if message["type"] == "RECORD":
+            ranks_before += message["stream"] == "tam_companies"
+            since_state += line
+        elif message["type"] == "STATE":
+            found = position(message)
+            if found is not None and "rows_read" in found:
+                assert found["rows_read"] <= ranks_before  # never ahead of its records
+                moved = not positions or found["rows_read"] > positions[-1]["rows_read"]
+                if moved and not found.get("done"):
+                    # A page's position goes out only once the records since the last
+                    # STATE line outweigh that line.
+                    assert since_state >= last_state
+                positions.append(found)
+            since_state, last_state = 0, line
+    assert ranks_before == 3000
+    assert positions[-1] == {"context": {"job_id": job}, "rows_read": 3000, "done": True}
+    middle = [p for p in positions if not p.get("done")]
+    assert 2 <= len(middle) < 29  # not after each of the 30 pages, but more than once
+    # Resume from a line in the middle: the rest of the job, from the next rank on.
+    resume_at = middle[len(middle) // 2]
+    partitions = [*remembered, resume_at]
+    second = run_tap(config, {"bookmarks": {"tam_companies": {"partitions": partitions}}})
+    assert second.returncode == 0, second.stderr
+    ranks = [
+        m["record"]["rank"]
+        for m in second.messages
+        if m["type"] == "RECORD" and m["stream"] == "tam_companies"
+    ]
+    assert ranks == list(range(resume_at["rows_read"] + 1, 3001))

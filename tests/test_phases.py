@@ -188,13 +188,14 @@ def test_the_budget_is_checked_by_the_planner(config, credits_left, needle):
 # Checkpoint -----------------------------------------------------------------------
 
 
-def make_checkpoint(*, hold: bool):
+def make_checkpoint(*, hold: bool, due=None):
     state: dict[str, dict[str, Any]] = {}
     written: list[dict[str, Any]] = []
     checkpoint = Checkpoint(
         lambda _stream, job_id: state.setdefault(job_id, {"context": {"job_id": job_id}}),
         lambda: written.append(copy.deepcopy(state)),
         hold_until_promoted=hold,
+        due=due,
     )
     checkpoint.register("j", "tam_companies")
     return checkpoint, state, written
@@ -208,6 +209,33 @@ def test_checkpoint_writes_each_page_at_once_when_records_go_to_stdout():
     checkpoint.page_read("j", next_cursor=None, rows_read=150)
     assert written[-1]["j"] == {"context": {"job_id": "j"}, "rows_read": 150, "done": True}
     assert checkpoint.position("j") == Position(None, 150, done=True)
+
+
+def test_checkpoint_paces_pages_but_never_a_finished_job():
+    due = {"now": False}
+    checkpoint, state, written = make_checkpoint(hold=False, due=lambda: due["now"])
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    # Not worth a line yet: the position is in the state, for the next line to carry.
+    assert written == []
+    assert state["j"]["next_cursor"] == "page_0001"
+    assert checkpoint.position("j") == Position("page_0001", 100)
+    due["now"] = True
+    checkpoint.page_read("j", next_cursor="page_0002", rows_read=200)
+    assert written[-1]["j"]["next_cursor"] == "page_0002"
+    due["now"] = False
+    checkpoint.page_read("j", next_cursor="page_0003", rows_read=300)
+    assert len(written) == 1
+    checkpoint.write()  # what the signal handler calls: the state as it is
+    assert written[-1]["j"]["next_cursor"] == "page_0003"
+    checkpoint.page_read("j", next_cursor=None, rows_read=350)  # the end: at once
+    assert written[-1]["j"] == {"context": {"job_id": "j"}, "rows_read": 350, "done": True}
+
+
+def test_checkpoint_in_batch_mode_writes_every_file_whatever_the_pace():
+    checkpoint, _state, written = make_checkpoint(hold=True, due=lambda: False)
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    checkpoint.promote(checkpoint.handed())
+    assert written[-1]["j"]["next_cursor"] == "page_0001"
 
 
 def test_checkpoint_in_batch_mode_holds_pages_until_promoted():
