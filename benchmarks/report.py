@@ -192,9 +192,12 @@ every page. The SDK made each STATE line from `dataclasses.asdict` (a copy of th
 state in Python) and kept a `copy.deepcopy` of it to tell whether the next one changed:
 with 1,000 finished jobs in state, the (b) job took 13.1 s instead of 1.5 s, and 3.1 s
 with 100. The tap now encodes STATE lines straight from the state (byte for byte the
-same line) and tells a changed state by its encoding: 1.87 s and 1.52 s. What remains
-is the size of those lines: (f) shows it, and target-duckdb took 4.26 s instead of
-3.46 s to read the 1,000-job run's output.
+same line) and tells a changed state by its encoding: 1.87 s and 1.52 s. The lines'
+size remained: 135 of that run's 169 MB of output were STATE, and target-duckdb took
+4.26 s instead of 3.46 s to read it. A page's position now goes out once the records
+written since the last STATE line are at least as long as it (a state under a page of
+records, a few hundred jobs, still after every page): 69 MB of output, and 3.8 s in
+target-duckdb against 3.5 s with an empty state. (f) measures the tap's side.
 
 Latency hiding. A prefetch worker now asks for the next page as soon as its answer is
 in, instead of when the reading thread gets to that page (each round waited 4-9 ms for
