@@ -52,9 +52,9 @@ def grown_state(path: Path, partitions: int) -> None:
 def section_f(bench: Bench, scale: Scale) -> list[dict[str, float]]:
     """(f) The (b) job read with an empty state, then with a state of many finished jobs.
 
-    The state keeps a partition for every job ever read, and the tap writes the whole
-    state after every page: after a year of nightly runs that each read a new job, a
-    few hundred partitions ride along with every page.
+    The state keeps a partition for every job ever read, and every STATE line holds the
+    whole state: after a year of nightly runs that each read a new job, a few hundred
+    partitions ride along with every STATE line.
 
     Args:
         bench: The runner.
@@ -69,8 +69,10 @@ def section_f(bench: Bench, scale: Scale) -> list[dict[str, float]]:
         f"pages), no latency, defaults (page_concurrency {DEFAULT_CONCURRENCY}),\n"
         f"    read with an empty state, then with a state holding {scale.f_partitions:,} "
         "finished jobs (as after that many nightly runs that each read a new job).\n"
-        "    'output MiB': everything the tap wrote; the difference is STATE lines, one per "
-        "page, each holding the whole state."
+        "    'output MiB': everything the tap wrote; the difference is STATE lines, each "
+        "holding the whole state (after every page while it is\n"
+        "    smaller than a page of records, then once the records since the last one "
+        "outweigh it)."
     )
     results: list[dict[str, float]] = []
     table: list[list[str]] = []
