@@ -81,6 +81,16 @@ class BlockWriter(MsgSpecWriter):
             self.since_state = 0
         self.flush()
 
+    def write_state_line(self, line: bytes) -> None:
+        """Write a STATE line already encoded (:class:`EncodedStateWriter` makes it).
+
+        Args:
+            line: The line, newline included.
+        """
+        self._block += line
+        self.since_state = 0
+        self.flush()
+
     def flush(self) -> None:
         """Write out the pending lines and flush stdout.
 
@@ -165,7 +175,12 @@ class EncodedStateWriter(StateWriter):
     def write_state(self, state: t.Mapping[str, t.Any]) -> None:
         line = bytes(state_line(state))
         if line != self._last_line:
-            self._message_writer.write_message(StateMessage(value=state))
+            # The line just made to compare is the one to write: not encoded twice.
+            write_line = getattr(self._message_writer, "write_state_line", None)
+            if write_line is not None:
+                write_line(line)
+            else:
+                self._message_writer.write_message(StateMessage(value=state))
             self._last_line = line
 
 

@@ -401,3 +401,20 @@ def test_a_grown_state_is_written_every_few_pages_and_never_ahead(server, run_ta
         if m["type"] == "RECORD" and m["stream"] == "tam_companies"
     ]
     assert ranks == list(range(resume_at["rows_read"] + 1, 3001))
+
+
+def test_the_encoded_writer_writes_the_sdks_state_line_once_after_its_records(tmp_path):
+    writer = BlockWriter()
+    states = EncodedStateWriter(writer)
+    value = {"bookmarks": {"s": {"partitions": [{"context": {"job_id": "é"}, "rows_read": 1}]}}}
+    sdk = MsgSpecWriter()
+    with file_stdout(tmp_path) as written:
+        writer.write_message(record(1))
+        states.write_state(value)
+        states.write_state(value)
+        out = written()
+    expected = bytes(sdk.format_message(record(1))) + bytes(
+        sdk.format_message(StateMessage(value=value))
+    )
+    assert out == expected
+    assert writer.since_state == 0
