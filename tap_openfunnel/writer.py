@@ -71,17 +71,18 @@ class BlockWriter(MsgSpecWriter):
     @override
     def write_message(self, message: Message) -> None:
         line = self.format_message(message)
+        if message.type is SingerMessageType.STATE:
+            self.write_state_line(line)
+            return
         self._block += line
         if message.type is SingerMessageType.RECORD:
             self.since_state += len(line)
             if len(self._block) >= BLOCK_SIZE:
                 self.flush()
             return
-        if message.type is SingerMessageType.STATE:
-            self.since_state = 0
         self.flush()
 
-    def write_state_line(self, line: bytes) -> None:
+    def write_state_line(self, line: bytes | bytearray) -> None:
         """Write a STATE line already encoded (:class:`EncodedStateWriter` makes it).
 
         Args:
