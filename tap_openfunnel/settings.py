@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
+from tap_openfunnel.budget import cap_setting
 from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.jobs import JobType
@@ -300,7 +301,7 @@ class Settings:
                 parse_entries(value("tam_builds") or (), value("lookalike_searches") or ()),
             ),
             refresh_after_days=None if refresh is None else float(refresh),
-            max_credits=None if max_credits is None else float(max_credits),
+            max_credits=cap_setting(max_credits),
             cancel_on_interrupt=bool(value("cancel_on_interrupt")),
             poll_interval=float(value("poll_interval")),
             max_poll_interval=float(value("max_poll_interval")),
