@@ -112,6 +112,7 @@ class _Build:
     first: tuple[float, float] | None = None  # (clock, processed) at the first reading
     last_at: float = 0.0
     terminal: bool = False
+    started: bool = False  # reported "running" at least once
     warned: bool = False
 
     def rate(self) -> float | None:
@@ -125,6 +126,7 @@ class _Build:
     def read(self, snapshot: JobSnapshot, at: float) -> bool:
         """Take one poll's ``processed`` (and ``bands_done``); False when unreadable."""
         self.terminal = snapshot.terminal
+        self.started = self.started or snapshot.status == "running"
         processed = credit_amount(snapshot.body.get("processed"))
         if processed is None:
             return False
@@ -139,7 +141,9 @@ class _Build:
                 else grown
             )
             self.step = max(self.step or 0.0, per_band)
-        if self.first is None:
+        if self.first is None or (self.step is None and grown <= 0):
+            # Growth is timed from the last reading before the first band: a build that
+            # was pending for long does not look slow.
             self.first = (at, processed)
         self.processed = max(self.processed, processed)
         self.bands = bands if bands is not None else self.bands
@@ -164,6 +168,8 @@ class BudgetGuard:
     Args:
         max_credits: The cap, or None for none.
         cancel: Cancels a job by id.
+        watch_interval: How often a build is polled until it has shown its pace (the
+            first poll interval: no doubling while the brake cannot project).
         min_interval: The shortest wait it asks the poller for, in seconds.
     """
 
@@ -172,11 +178,13 @@ class BudgetGuard:
         max_credits: float | None,
         *,
         cancel: Callable[[str], None],
+        watch_interval: float = 5.0,
         min_interval: float = 1.0,
     ) -> None:
         self.max_credits = max_credits
         self._cancel = cancel
-        self.min_interval = min_interval
+        self.watch_interval = watch_interval
+        self.min_interval = min(min_interval, watch_interval)
         self._builds: dict[str, _Build] = {}
         self._reserved: dict[str, float] = {}
         self.cancelled: set[str] = set()
@@ -195,6 +203,23 @@ class BudgetGuard:
             for job_id, build in self._builds.items()
             if not build.terminal and job_id not in self.cancelled
         ]
+
+    def _projection(self) -> tuple[float, float]:
+        """The next band of every running build together, and their growth per second.
+
+        A running build that has shown no growth yet is assumed to grow like the
+        fastest one seen, with a band as large as the largest seen: builds of one run
+        are alike, and assuming nothing would let it land bands unwatched.
+        """
+        running = self._running()
+        step_guess = max((build.step or 0.0 for build in running), default=0.0)
+        rate_guess = max((build.rate() or 0.0 for build in running), default=0.0)
+        steps = rates = 0.0
+        for build in running:
+            guess = build.started and build.step is None
+            steps += build.step or (step_guess if guess else 0.0)
+            rates += build.rate() or (rate_guess if guess else 0.0)
+        return steps, rates
 
     def observe(self, snapshot: JobSnapshot, *, reserved: float = 0.0, at: float = 0.0) -> None:
         """Account for one poll of a guarded job; cancel a build the cap cannot afford.
@@ -215,7 +240,7 @@ class BudgetGuard:
         if cap is None or snapshot.terminal or snapshot.job_id in self.cancelled:
             return
         spent = self.spent
-        steps = sum(other.step or 0.0 for other in self._running())
+        steps, _ = self._projection()
         if spent >= cap:
             why = f"have reached {credits_text(spent)} credits, max_credits is {credits_text(cap)}"
         elif build.step is not None and spent + steps > cap:
@@ -238,9 +263,10 @@ class BudgetGuard:
     def poll_within(self, job: TrackedJob) -> float | None:
         """How soon a build should be polled again so the brake sees every band in time.
 
-        Half the time to the point where the next bands would pass the cap, at the
-        growth seen so far, and never less than half a band's time (one band can land
-        between two polls, not two).
+        Until a build has grown, every ``watch_interval`` (its pace is unknown, so the
+        poller's doubling would leave it unwatched). Then half the time to the point
+        where the next bands would pass the cap, at the growth seen so far, and never
+        less than half a band's time (one band can land between two polls, not two).
 
         Args:
             job: The tracked job about to be rescheduled.
@@ -254,10 +280,9 @@ class BudgetGuard:
             return None
         rate = build.rate()
         if rate is None or build.step is None:
-            return None
-        running = self._running()
-        total_rate = sum(other.rate() or 0.0 for other in running)
-        room = cap - self.spent - sum(other.step or 0.0 for other in running)
+            return None if build.terminal else self.watch_interval
+        steps, total_rate = self._projection()
+        room = cap - self.spent - steps
         until_brake = max(room, 0.0) / total_rate if total_rate > 0 else math.inf
         band_time = build.step / rate
         return max(band_time / 2, until_brake / 2, self.min_interval)

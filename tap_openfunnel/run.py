@@ -90,7 +90,8 @@ class Run:
         self.budget = BudgetGuard(
             settings.max_credits,
             cancel=self.cancel,
-            min_interval=min(settings.poll_interval, 1.0),
+            watch_interval=settings.poll_interval,
+            min_interval=1.0,
         )
         self.poller = poller_factory(
             api.poll,
