@@ -95,9 +95,10 @@ CONFIG_SCHEMA = th.PropertiesList(
         "max_credits",
         th.NumberType(minimum=0),
         title="Max credits per run",
-        description="Spend cap for jobs this run submits. Submits that could exceed it, "
-        "or the balance, are refused; a TAM build whose processed count passes it is "
-        "cancelled and what was delivered is extracted.",
+        description="Spend cap for this run's jobs together (the entries it submits, and "
+        "builds of entries it re-attaches). Submits whose worst case could exceed it, or the "
+        "balance, are refused; a TAM build whose next band would pass it is cancelled and "
+        "what was delivered is extracted.",
     ),
     th.Property(
         "cancel_on_interrupt",
