@@ -102,6 +102,18 @@ def credits_text(amount: float) -> str:
     return f"{amount:,.0f}" if float(amount).is_integer() else f"{amount:,.2f}".rstrip("0")
 
 
+def _band_count(done: object, total: object) -> int | None:
+    """``bands_done`` when it is a whole number within ``bands_total``, else None.
+
+    A count that cannot be placed is not used to split growth into bands: the growth
+    between two polls then counts as one band, which projects a larger next step.
+    """
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in (done, total)):
+        return None
+    done, total = t.cast("int", done), t.cast("int", total)
+    return done if 0 <= done <= total else None
+
+
 @dataclass
 class _Build:
     """What the polls of one TAM build showed: its spend and how fast it grows."""
@@ -109,14 +121,14 @@ class _Build:
     processed: float = 0.0  # the highest readable count: billed credits never shrink
     bands: int | None = None
     step: float | None = None  # the largest growth per band seen
-    first: tuple[float, float] | None = None  # (clock, processed) at the first reading
+    first: tuple[float, float] | None = None  # (clock, processed) before the first growth
     last_at: float = 0.0
     terminal: bool = False
     started: bool = False  # reported "running" at least once
     warned: bool = False
 
     def rate(self) -> float | None:
-        """Credits per second since the first reading, once growth was seen."""
+        """Credits per second since the last reading before growth, once it grew."""
         if self.first is None or self.step is None:
             return None
         seconds = self.last_at - self.first[0]
@@ -130,8 +142,7 @@ class _Build:
         processed = credit_amount(snapshot.body.get("processed"))
         if processed is None:
             return False
-        bands_value = snapshot.body.get("bands_done")
-        bands = bands_value if isinstance(bands_value, int) and bands_value >= 0 else None
+        bands = _band_count(snapshot.body.get("bands_done"), snapshot.body.get("bands_total"))
         grown = processed - self.processed
         if grown > 0:
             # Several bands can land between two polls: their mean is one band's step.
@@ -289,7 +300,9 @@ class BudgetGuard:
 
     def _warn_blind(self, snapshot: JobSnapshot, build: _Build) -> None:
         value = snapshot.body.get("processed")
-        if self.max_credits is None or build.warned or (value is None and not build.first):
+        if self.max_credits is None or build.warned:
+            return
+        if value is None and not build.started and build.first is None:
             return  # no count before a build starts is normal
         build.warned = True
         self.blind.add(snapshot.job_id)

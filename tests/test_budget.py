@@ -176,7 +176,7 @@ def test_a_money_number_is_read(value):
 
 
 def snapshot(job_id: str, processed: Any, bands: Any = None, status: str = "running"):
-    body = {"status": status, "processed": processed, "bands_done": bands}
+    body = {"status": status, "processed": processed, "bands_done": bands, "bands_total": 12}
     return JobSnapshot(job_id, JobType.TAM, status, body)
 
 
@@ -197,6 +197,35 @@ def test_processed_that_lies_neither_cancels_nor_lowers_the_spend(value, named, 
     assert f"reports processed as {named}" in warnings[0]
     assert "last readable count (400)" in warnings[0]
     assert "nan credits" not in warnings[0].lower()
+
+
+def test_a_running_build_that_never_reports_processed_is_named():
+    cancelled: list[str] = []
+    guard = BudgetGuard(1000, cancel=cancelled.append)
+    guard.observe(snapshot("b", None, status="pending"), at=0)
+    assert guard.blind == set()  # no count before a build starts is normal
+    guard.observe(snapshot("b", None), at=5)
+    assert guard.blind == {"b"}
+    assert cancelled == []
+
+
+@pytest.mark.parametrize(
+    ("bands", "step"),
+    [
+        pytest.param((1, 3), 600, id="two-bands-between-polls"),
+        pytest.param((1, 300), 1200, id="bands_done-past-bands_total"),
+        pytest.param((1, True), 1200, id="bands_done-a-boolean"),
+        pytest.param((1, "3"), 1200, id="bands_done-a-string"),
+    ],
+)
+def test_a_band_count_that_lies_never_shrinks_the_projected_step(bands, step):
+    cancelled: list[str] = []
+    guard = BudgetGuard(10_000, cancel=cancelled.append)
+    for at, (processed, done) in enumerate(((400, bands[0]), (1600, bands[1]))):
+        body = {"status": "running", "processed": processed, "bands_done": done, "bands_total": 12}
+        guard.observe(JobSnapshot("b", JobType.TAM, "running", body), at=at * 10)
+    # The first 400 is one band; then 1,200 more in two bands, or in one if unplaced.
+    assert guard._builds["b"].step == step
 
 
 def test_a_lower_count_does_not_lower_the_spend():
