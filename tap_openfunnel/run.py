@@ -7,7 +7,7 @@ import logging
 import typing as t
 from dataclasses import dataclass
 
-from tap_openfunnel.budget import BudgetGuard
+from tap_openfunnel.budget import BudgetGuard, credit_amount, credits_text, unreadable
 from tap_openfunnel.entries import MAX_LOOKALIKE_LIMIT
 from tap_openfunnel.exceptions import (
     ApiError,
@@ -234,11 +234,15 @@ class Run:
             )
             return None
         if snapshot.status == JobStatus.CANCELLED.value:
+            processed = snapshot.body.get("processed")
+            delivered = credit_amount(processed)
             LOGGER.warning(
-                "Job %s was cancelled: extracting the %s companies delivered before the "
-                "cancel. The set is partial (see the jobs stream).",
+                "Job %s was cancelled: extracting the companies delivered before the cancel "
+                "(%s). The set is partial (see the jobs stream).",
                 job_id,
-                snapshot.body.get("processed", "?"),
+                f"processed {unreadable(processed)}"
+                if delivered is None
+                else f"{credits_text(delivered)} processed",
             )
         return snapshot
 

@@ -422,3 +422,18 @@ def test_the_overshoot_bound_the_docs_state_holds_over_many_seeded_runs():
         if len(builds) == 1:
             assert builds[0].band > cap or builds[0].seconds < 5, builds
     assert passed  # the table does reach the cases the bound is about
+
+
+@pytest.mark.parametrize(("value", "named"), HOSTILE)
+def test_a_cancelled_build_whose_processed_lies_is_not_printed_as_a_count(value, named, caplog):
+    clock = FakeClock()
+    api = BandAPI(clock, [], {"cfg-1": Build(band=100, seconds=10, bands=3, cancelled_at=15)})
+    answer = api.poll
+    api.poll = lambda *args: {**answer(*args), "processed": value}  # type: ignore[method-assign]
+    run = make_run(api, clock, {"tam_job_ids": ["cfg-1"]})
+    run.start()
+    clock.now = 20.0
+    with caplog.at_level(logging.WARNING, logger="tap-openfunnel"):
+        assert run.wait("cfg-1") is not None
+    [line] = [r.getMessage() for r in caplog.records if "was cancelled" in r.getMessage()]
+    assert f"(processed {named}" in line
