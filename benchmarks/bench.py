@@ -5,7 +5,7 @@ dlt, ``--markdown docs/benchmarks.md`` to regenerate that page, ``--readme READM
 the README's summary). Every section measures the default settings first
 (page_concurrency 4), then the others. The parts: harness.py (sizes, targets, the runner),
 startup.py (the start-up table), sections.py ((a) to (d)), peers_section.py and peers.py
-((e)), report.py (what is printed and written around the figures).
+((e)), cap_section.py ((g)), report.py (what is printed and written around the figures).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 import typing as t
 from pathlib import Path
 
+from cap_section import section_cap
 from harness import DEFAULT, QUICK, Bench, BenchError
 from peers_section import section_peers
 from report import (
@@ -89,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     figures["c"] = section_c(bench, scale)
                     figures["d"] = section_d(bench, scale)
                     figures["f"] = section_f(bench, scale)
+                    figures["g"] = section_cap()
                 if args.peers or args.peers_only:
                     figures["e"] = section_peers(bench, scale.b_rows)
             except BenchError as exc:

@@ -152,6 +152,9 @@ machine is shared and noisy, so compare figures with each other, not with anothe
 - (f) the (b) job read with an empty state, then with a state of many finished jobs.
 - (e) with `--peers`: `tap-openfunnel | target-duckdb` against a dlt `rest_api` pipeline,
   both into DuckDB, rows counted in DuckDB.
+- (g) the spend cap: credits billed by band-by-band TAM builds under `max_credits` 2,000,
+  with the brake before and after it projected the next band (a fake clock shared by
+  the server and the poller: the same figures on every machine).
 
 Memory. Issue 12 reported peak RSS growing with the job's size at `page_concurrency` > 1
 (1,000 rows 51 MiB, 100,000 rows 93-97 MiB at the default 4, while Python's traced heap

@@ -12,7 +12,7 @@ import typing as t
 from singer_sdk.exceptions import ConfigValidationError
 
 from tap_openfunnel.api import BALANCE_PATH
-from tap_openfunnel.budget import credits_text
+from tap_openfunnel.budget import credit_amount, credits_text
 from tap_openfunnel.checkpoint import state_problem
 from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.exceptions import OpenFunnelError
@@ -186,6 +186,7 @@ def sync(tap: TapOpenFunnel) -> None:
         tap.sync_all()
         run.log_summary()
         run.raise_for_failures()
+        run.raise_for_skipped_submits()
     except OpenFunnelError as exc:
         fail(tap.logger, str(exc))
 
@@ -197,7 +198,9 @@ def output_is_a_check() -> bool:
     the tap (SIGTERM) at the first RECORD; with a target on the other end, stdout is a
     pipe of its own (log lines would break the target). So one shared pipe means the
     run is a check, and its jobs must not be submitted: the SIGTERM would come just
-    too late to stop a billed submit.
+    too late to stop a billed submit. A run that gets to its end this way left work
+    undone and exits non-zero (:meth:`~tap_openfunnel.run.Run.raise_for_skipped_submits`);
+    a check stopped at its first record never gets there.
 
     Returns:
         Whether this run should spend nothing.
@@ -250,11 +253,11 @@ def connection_test(tap: TapOpenFunnel) -> None:
         balance = client.get(BALANCE_PATH)
     except OpenFunnelError as exc:
         fail(tap.logger, f"Connection test failed. {exc}")
-    left = balance.get("credits_left")
+    left = credit_amount(balance.get("credits_left"))
     tap.logger.info(
         "Connection test passed: %s accepted the API key; %s credits left.",
         settings.api_url,
-        credits_text(left) if isinstance(left, (int, float)) else "an unknown number of",
+        "an unknown number of" if left is None else credits_text(left),
     )
 
 

@@ -136,6 +136,8 @@ class JobPoller:
         sleep: Sleep function (injected in tests).
         now: Wall clock for ``terminal_at`` stamps.
         on_snapshot: Called after every poll (the budget guard hooks in here).
+        interval_limit: The longest a job may wait for its next poll, or None for its own
+            schedule (the budget guard asks for sooner polls near ``max_credits``).
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only knobs
@@ -149,6 +151,7 @@ class JobPoller:
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
         on_snapshot: Callable[[TrackedJob, JobSnapshot], None] | None = None,
+        interval_limit: Callable[[TrackedJob], float | None] | None = None,
     ) -> None:
         self._fetch = fetch
         self.poll_interval = poll_interval
@@ -158,6 +161,7 @@ class JobPoller:
         self._sleep = sleep
         self._now = now
         self._on_snapshot = on_snapshot
+        self.interval_limit = interval_limit
         self.jobs: dict[str, TrackedJob] = {}
 
     def track(self, job_id: str, job_type: JobType, cursor: str | None = None) -> TrackedJob:
@@ -256,10 +260,10 @@ class JobPoller:
         job.last = snapshot
         if snapshot.terminal:
             job.terminal_at = self._now()
-        else:
-            self._reschedule(job)
         if self._on_snapshot is not None:
             self._on_snapshot(job, snapshot)
+        if not snapshot.terminal:
+            self._reschedule(job)
 
     def _not_found(self, job: TrackedJob) -> JobError:
         if job.cursor is not None:
@@ -284,7 +288,20 @@ class JobPoller:
             "Remove it from the config, or check the id.",
         )
 
+    def clock(self) -> float:
+        """The poller's monotonic clock (the budget guard times growth with it).
+
+        Returns:
+            Seconds.
+        """
+        return self._clock()
+
     def _reschedule(self, job: TrackedJob) -> None:
+        limit = self.interval_limit(job) if self.interval_limit is not None else None
+        if limit is not None and limit < job.interval:
+            # Polled sooner on request; the job's own schedule resumes unchanged after.
+            job.next_poll = self._clock() + limit
+            return
         job.next_poll = self._clock() + job.interval
         job.interval = min(job.interval * 2, self.max_poll_interval)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import typing as t
 
-from tap_openfunnel.budget import credits_text
+from tap_openfunnel.budget import credit_amount, credits_text, unreadable
 from tap_openfunnel.jobs import JobType
 
 if t.TYPE_CHECKING:
@@ -74,14 +74,24 @@ def log_summary(
             sum(run.rows_read for run in mine),
         )
     consumed_total = 0.0
+    unread = []
     for job in jobs:
-        consumed = job.last.manifest.get("credits_consumed") if job.last else None
-        if isinstance(consumed, (int, float)) and not isinstance(consumed, bool):
+        if job.last is None or not job.last.terminal:
+            continue
+        value = job.last.manifest.get("credits_consumed")
+        consumed = credit_amount(value)
+        if consumed is None:
+            unread.append(f"{job.job_id} ({unreadable(value)})")
+        else:
             consumed_total += consumed
     LOGGER.info(
         "Summary: %d job(s) touched, %d could not be extracted; %s credits consumed "
-        "according to their manifests.",
+        "according to their manifests%s.",
         len(jobs),
         len(failures),
         credits_text(consumed_total),
+        f", not counting {len(unread)} whose credits_consumed is not a number of credits: "
+        + ", ".join(unread)
+        if unread
+        else "",
     )

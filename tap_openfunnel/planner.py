@@ -8,7 +8,7 @@ import typing as t
 from dataclasses import dataclass
 from enum import Enum
 
-from tap_openfunnel.budget import credits_text
+from tap_openfunnel.budget import credit_amount, credits_text, unreadable
 from tap_openfunnel.exceptions import NotFoundError, OpenFunnelError
 
 if t.TYPE_CHECKING:
@@ -192,11 +192,13 @@ class Planner:
             )
         jobs = _once_per_job(jobs)
         submits = [job.entry for job in jobs if job.action in SUBMITTING and job.entry]
-        credits_left = self._credits_left() if submits else None
+        sent = self.api.balance().get("credits_left") if submits else None
+        credits_left = credit_amount(sent)
         problem = budget_problem(
             submits,
             credits_left=credits_left,
             max_credits=self.settings.max_credits,
+            balance_sent=sent,
         )
         return Plan(tuple(jobs), credits_left, self.settings.max_credits, problem)
 
@@ -250,18 +252,6 @@ class Planner:
             when = when.replace(tzinfo=dt.timezone.utc)
         return self.now() - when >= dt.timedelta(days=days)
 
-    def _credits_left(self) -> float | None:
-        body = self.api.balance()
-        left = body.get("credits_left")
-        if isinstance(left, (int, float)) and not isinstance(left, bool):
-            return float(left)
-        LOGGER.warning(
-            "The credits balance answer has no numeric credits_left (fields: %s); the "
-            "balance check is skipped and only max_credits applies.",
-            ", ".join(sorted(str(key) for key in body)[:10]) or "none",
-        )
-        return None
-
 
 def _job_id(state: Mapping[str, t.Any]) -> str:
     return str(state["context"]["job_id"])
@@ -285,13 +275,20 @@ def budget_problem(
     *,
     credits_left: float | None,
     max_credits: float | None,
+    balance_sent: object = None,
 ) -> str | None:
     """Why the balance or the cap cannot cover the submits, or None when they can.
 
+    The submits of a run count together: the searches' limits (their worst cases) must
+    fit ``max_credits`` and the balance, and a TAM build, which has no worst case, needs
+    room left under the cap for at least its first band. A balance that cannot be read
+    refuses every submit.
+
     Args:
         entries: The entries about to be submitted.
-        credits_left: The account balance (None: unknown).
+        credits_left: The account balance (None: unknown, so nothing may be submitted).
         max_credits: The per-run cap (None: none).
+        balance_sent: ``credits_left`` as the API sent it, for the message.
 
     Returns:
         A message naming the shortfall, or None.
@@ -300,14 +297,31 @@ def budget_problem(
         return None
     worst = sum(entry.worst_case_credits or 0.0 for entry in entries)
     labels = ", ".join(entry.label for entry in entries)
+    tam = any(entry.worst_case_credits is None for entry in entries)
     if max_credits is not None and worst > max_credits:
         return (
             f"The searches about to be submitted ({labels}) could cost up to {worst:,.0f} "
             f"credits, above max_credits ({max_credits:,.0f}). Nothing was submitted. Lower "
             "their 'limit', or raise 'max_credits'."
         )
-    if credits_left is not None and (worst > credits_left or credits_left <= 0):
-        tam = any(entry.worst_case_credits is None for entry in entries)
+    if max_credits is not None and tam and worst >= max_credits:
+        return (
+            f"The jobs about to be submitted ({labels}) include a TAM build, but the "
+            f"searches among them could cost up to {worst:,.0f} credits, which leaves "
+            f"nothing of max_credits ({max_credits:,.0f}) for the build: it would be "
+            "cancelled at its first band. Nothing was submitted. Raise 'max_credits', "
+            "lower the searches' 'limit', or submit the build in a run of its own."
+        )
+    if credits_left is None:
+        return (
+            f"The credits balance answer gives credits_left as {unreadable(balance_sent)}, "
+            "not a number of credits, so the tap cannot check that the account covers the "
+            f"jobs about to be submitted ({labels}). Nothing was submitted. Check the "
+            "balance in OpenFunnel and run again; if the balance endpoint keeps answering "
+            "this, ask OpenFunnel support. Jobs already bought can be read meanwhile by "
+            "listing their ids in 'tam_job_ids' / 'lookalike_job_ids'."
+        )
+    if worst > credits_left or credits_left <= 0:
         return (
             f"The account has {credits_text(credits_left)} credits left, but the jobs about to be "
             f"submitted ({labels}) could cost up to {worst:,.0f}"

@@ -7,7 +7,8 @@ import logging
 import typing as t
 from dataclasses import dataclass
 
-from tap_openfunnel.budget import BudgetGuard
+from tap_openfunnel.budget import BudgetGuard, credit_amount, credits_text, unreadable
+from tap_openfunnel.entries import MAX_LOOKALIKE_LIMIT
 from tap_openfunnel.exceptions import (
     ApiError,
     ConflictError,
@@ -33,6 +34,10 @@ LOGGER = logging.getLogger("tap-openfunnel")
 
 class JobsFailedError(OpenFunnelError):
     """One or more jobs could not be extracted; the others were."""
+
+
+class SubmitsSkippedError(OpenFunnelError):
+    """The run left planned submits out (its output looked like a check), so it failed."""
 
 
 @dataclass
@@ -82,15 +87,22 @@ class Run:
         self.api = api
         self.checkpoint = checkpoint
         self.settings = settings
+        self.budget = BudgetGuard(
+            settings.max_credits,
+            cancel=self.cancel,
+            watch_interval=settings.poll_interval,
+            min_interval=1.0,
+        )
         self.poller = poller_factory(
             api.poll,
             poll_interval=settings.poll_interval,
             max_poll_interval=settings.max_poll_interval,
             job_timeout=settings.job_timeout,
             on_snapshot=self._on_snapshot,
+            interval_limit=self.budget.poll_within,
         )
         self.progress: dict[str, JobProgress] = {}
-        self.budget = BudgetGuard(settings.max_credits, cancel=self.cancel)
+        self.skipped_submits: list[PlannedJob] = []
         self.failures: dict[str, JobError] = {}
         self._to_read: dict[str, list[str]] = {}
         self._started = False
@@ -120,6 +132,7 @@ class Run:
                     "target submits it.",
                     planned.label,
                 )
+                self.skipped_submits.append(planned)
                 continue
             job_id = self._submit(planned) if planned.action in SUBMITTING else planned.job_id
             assert job_id is not None  # noqa: S101 - only submits are planned without an id
@@ -221,11 +234,15 @@ class Run:
             )
             return None
         if snapshot.status == JobStatus.CANCELLED.value:
+            processed = snapshot.body.get("processed")
+            delivered = credit_amount(processed)
             LOGGER.warning(
-                "Job %s was cancelled: extracting the %s companies delivered before the "
-                "cancel. The set is partial (see the jobs stream).",
+                "Job %s was cancelled: extracting the companies delivered before the cancel "
+                "(%s). The set is partial (see the jobs stream).",
                 job_id,
-                snapshot.body.get("processed", "?"),
+                f"processed {unreadable(processed)}"
+                if delivered is None
+                else f"{credits_text(delivered)} processed",
             )
         return snapshot
 
@@ -295,6 +312,27 @@ class Run:
         )
         raise JobsFailedError(msg)
 
+    def raise_for_skipped_submits(self) -> None:
+        """End a run that left planned submits out with an error, not a quiet success.
+
+        Raises:
+            SubmitsSkippedError: Naming the entries, why, and how to run them.
+        """
+        if not self.skipped_submits:
+            return
+        labels = ", ".join(planned.label for planned in self.skipped_submits)
+        msg = (
+            f"{len(self.skipped_submits)} planned submit(s) were not sent ({labels}): this "
+            "run's stdout and stderr are one pipe (as with '2>&1 | ...', or under 'meltano "
+            "config test'), which the tap takes for a connection check that stops at the "
+            "first record, so it spends nothing. The other jobs were read and state saved, "
+            "but the run did not do what its config asks. To submit, give stdout a pipe or "
+            "file of its own and keep the log apart: 'tap-openfunnel --config c.json "
+            "2>tap.log | target-...', or 'meltano run tap-openfunnel <loader>'. To see the "
+            "plan and its cost without spending, set 'dry_run'."
+        )
+        raise SubmitsSkippedError(msg)
+
     def log_summary(self) -> None:
         """Log one line per stream and one for the run: jobs, pages, records, credits."""
         streams = list(dict.fromkeys(job.stream_name for job in self.plan.jobs))
@@ -336,5 +374,5 @@ class Run:
             return
         reserved = 0.0
         if progress.submitted_this_run and progress.job_type is JobType.LOOKALIKE:
-            reserved = float((progress.request or {}).get("limit", 0))
-        self.budget.observe(snapshot, reserved=reserved)
+            reserved = float((progress.request or {}).get("limit", MAX_LOOKALIKE_LIMIT))
+        self.budget.observe(snapshot, reserved=reserved, at=self.poller.clock())

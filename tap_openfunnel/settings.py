@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
+from tap_openfunnel.budget import cap_setting
 from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.jobs import JobType
@@ -94,9 +95,10 @@ CONFIG_SCHEMA = th.PropertiesList(
         "max_credits",
         th.NumberType(minimum=0),
         title="Max credits per run",
-        description="Spend cap for jobs this run submits. Submits that could exceed it, "
-        "or the balance, are refused; a TAM build whose processed count passes it is "
-        "cancelled and what was delivered is extracted.",
+        description="Spend cap for this run's jobs together (the entries it submits, and "
+        "builds of entries it re-attaches). Submits whose worst case could exceed it, or the "
+        "balance, are refused; a TAM build whose next band would pass it is cancelled and "
+        "what was delivered is extracted.",
     ),
     th.Property(
         "cancel_on_interrupt",
@@ -300,7 +302,7 @@ class Settings:
                 parse_entries(value("tam_builds") or (), value("lookalike_searches") or ()),
             ),
             refresh_after_days=None if refresh is None else float(refresh),
-            max_credits=None if max_credits is None else float(max_credits),
+            max_credits=cap_setting(max_credits),
             cancel_on_interrupt=bool(value("cancel_on_interrupt")),
             poll_interval=float(value("poll_interval")),
             max_poll_interval=float(value("max_poll_interval")),

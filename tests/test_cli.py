@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
+import typing as t
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from support import API_KEY, base_config, tap_command, tap_env, write_json
@@ -171,3 +174,82 @@ def test_unknown_host_is_an_answer_for_the_check_and_retried_by_a_sync(
         client.get(BALANCE_PATH)
     assert len(calls) == lookups
     assert "Name or service not known" in str(raised.value)
+
+
+class _BalanceOnly(BaseHTTPRequestHandler):
+    """Answers the balance call with a fixed raw body; anything else 404. Records all."""
+
+    body = b"{}"
+    seen: t.ClassVar[list[tuple[str, str]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(("GET", self.path))
+        found = self.path == BALANCE_PATH
+        self._answer(200 if found else 404, self.body if found else b'{"error": "nope"}')
+
+    def do_POST(self) -> None:
+        self.seen.append(("POST", self.path))
+        self._answer(404, b'{"error": "nope"}')
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def balance_server():
+    """A loopback API whose balance answer a test sets: ``serve(raw) -> url, requests``."""
+    servers = []
+
+    def serve(raw: bytes):
+        handler = type("Handler", (_BalanceOnly,), {"body": raw, "seen": []})
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}", handler.seen
+
+    yield serve
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+LYING_BALANCES = [
+    pytest.param(b'{"credits_left": NaN}', "NaN", id="nan"),
+    pytest.param(b'{"credits_left": Infinity}', "infinite", id="inf"),
+    pytest.param(b'{"credits_left": -5}', "negative (-5)", id="negative"),
+    pytest.param(b'{"credits_left": "900"}', "a string ('900')", id="string"),
+    pytest.param(b'{"credits_left": true}', "a boolean (true)", id="bool"),
+    pytest.param(b'{"total_credits": 10}', "missing", id="missing"),
+]
+
+
+@pytest.mark.parametrize(("raw", "named"), LYING_BALANCES)
+def test_a_balance_that_is_not_a_number_refuses_the_submits(balance_server, tmp_path, raw, named):
+    url, seen = balance_server(raw)
+    config = {"api_key": API_KEY, "api_url": url, "tam_builds": [{"query": "q"}]}
+    proc = run_cli(tmp_path, config)
+    assert proc.returncode == 1
+    [line] = error_lines(proc.stderr)
+    assert f"gives credits_left as {named}, not a number of credits" in line
+    assert "Nothing was submitted" in line
+    assert "Traceback" not in proc.stderr
+    assert seen == [("GET", BALANCE_PATH)]  # no POST
+
+
+@pytest.mark.parametrize(("raw", "named"), LYING_BALANCES)
+def test_the_connection_test_never_prints_a_balance_that_is_not_a_number(
+    balance_server, tmp_path, raw, named
+):
+    url, _ = balance_server(raw)
+    proc = run_cli(tmp_path, {"api_key": API_KEY, "api_url": url}, "--test")
+    assert proc.returncode == 0, proc.stderr
+    assert "an unknown number of credits left" in proc.stderr
+    assert "nan credits" not in proc.stderr.lower()
+    assert "inf credits" not in proc.stderr.lower()

@@ -176,3 +176,23 @@ def test_jobs_are_waited_on_together():
     for job_id in "abc":
         poller.wait_for(job_id)
     assert 4.0 <= clock.now <= 4.5
+
+
+def test_an_interval_limit_polls_sooner_and_the_own_schedule_resumes_unchanged():
+    clock = FakeClock()
+    fetch = scripted({"j1": ["running"] * 6 + ["completed"]})
+    limits = iter([0.25, 0.25, 100.0])
+    poller = JobPoller(
+        fetch,
+        poll_interval=1.0,
+        max_poll_interval=8.0,
+        job_timeout=100.0,
+        clock=clock,
+        sleep=clock.sleep,
+        interval_limit=lambda _job: next(limits, None),
+    )
+    poller.track("j1", JobType.TAM)
+    poller.wait_for("j1")
+    # Two waits cut short by the limit, then 1, 2, 4, 8 as if they had not happened; a
+    # limit above the job's own interval (100 s, then none) never makes it wait longer.
+    assert clock.sleeps == [0.25, 0.25, 1.0, 2.0, 4.0, 8.0]

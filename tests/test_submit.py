@@ -336,9 +336,15 @@ def test_cancel_on_interrupt(server, tmp_path, cancel):
 
 
 def test_a_check_that_reads_stdout_and_stderr_as_one_pipe_submits_nothing(server, tmp_path):
-    """As under `meltano config test`, which stops the tap at the first RECORD it reads."""
+    """As under `meltano config test`, which stops the tap at the first RECORD it reads.
+
+    Run to its end that way (`tap-openfunnel --config c.json 2>&1 | cat`), the tap has
+    left its planned submit out: that is not a success, so it exits non-zero and says
+    how to run it; the job attached by id is still read.
+    """
     quick_jobs(server)
-    config = base_config(server, tam_builds=[{"query": TAM_QUERY}])
+    attached = server.add_job(JobSpec(kind="tam", rows=30))
+    config = base_config(server, tam_builds=[{"query": TAM_QUERY}], tam_job_ids=[attached])
     proc = subprocess.run(
         tap_command(write_json(tmp_path / "c.json", config)),
         stdout=subprocess.PIPE,
@@ -348,6 +354,11 @@ def test_a_check_that_reads_stdout_and_stderr_as_one_pipe_submits_nothing(server
         check=False,
     )
     output = proc.stdout.decode()
-    assert proc.returncode == 0, output[-2000:]
+    assert proc.returncode == 1, output[-2000:]
     assert server.submit_count("tam") == 0
     assert "not submitted: stdout and stderr are one pipe" in output
+    assert "1 planned submit(s) were not sent (tam_builds[1]" in output
+    assert "2>tap.log" in output
+    assert "Traceback" not in output
+    records = [m for m in parse_messages(output) if m["type"] == "RECORD"]
+    assert len([m for m in records if m["stream"] == "tam_companies"]) == 30
