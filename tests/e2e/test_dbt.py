@@ -29,7 +29,7 @@ DBT = {
 
 
 class DuckDBWarehouse:
-    """A DuckDB file, read with the dbt utility's duckdb (the version target-duckdb wrote)."""
+    """A DuckDB file that target-duckdb writes, dbt-duckdb builds on and target-duckdb reads."""
 
     def __init__(self, path) -> None:
         self.path = path
