@@ -171,3 +171,64 @@ def test_models_compare_two_refreshes_of_one_entry(meltano, fake_api, warehouse)
     billed = sum(float(billed_credits) for _, fp, billed_credits in jobs if fp == fingerprint)
     assert billed > 0
     assert float(spend[fingerprint]) == billed
+
+
+# No Snowflake or BigQuery emulator runs dbt's SQL here, so the models are compiled by
+# each warehouse's own adapter (its quoting, types and cross-database macros) with
+# placeholder credentials and no connection: --no-populate-cache skips the one query
+# compile would send. The BigQuery key is generated (a private key must parse) and
+# its token address is a closed loopback port.
+@pytest.mark.parametrize(
+    ("warehouse_name", "expect"),
+    [
+        pytest.param("snowflake", 'coalesce(unique_count, "count")', id="snowflake"),
+        pytest.param("bigquery", "coalesce(unique_count, `count`)", id="bigquery"),
+    ],
+)
+def test_models_compile_for_snowflake_and_bigquery(meltano, tmp_path, warehouse_name, expect):
+    dbt = PROJECT_ROOT / f".meltano/utilities/dbt-{warehouse_name}/venv/bin/dbt"
+    if not dbt.is_file():
+        pytest.fail(f"dbt-{warehouse_name} is not installed: run `make install`.", pytrace=False)
+    env = {
+        "DBT_TARGET_PATH": str(tmp_path / "target"),
+        "DBT_LOG_PATH": str(tmp_path / "logs"),
+        "DBT_SNOWFLAKE_ACCOUNT": "placeholder",
+        "DBT_SNOWFLAKE_USER": "placeholder",
+        "DBT_BIGQUERY_PROJECT": "placeholder-project",
+        "DBT_BIGQUERY_KEYFILE": str(service_account_key(dbt.parent / "python", tmp_path)),
+    }
+
+    result = meltano.run(
+        "invoke", f"dbt-{warehouse_name}", "compile", "--no-populate-cache", env=env
+    )
+
+    assert result.returncode == 0, describe(result)
+    compiled = tmp_path / "target" / "compiled" / "openfunnel" / "models"
+    # The models, and under each .yml file the SQL of its dbt tests.
+    sql = list(compiled.rglob("*.sql"))
+    models = {path.stem: path.read_text() for path in sql if path.parent.suffix != ".yml"}
+    assert len(sql) - len(models) >= 40, "the dbt tests were not compiled"
+    assert set(models) == {
+        path.stem for path in (PROJECT_ROOT / "transform" / "models").rglob("*.sql")
+    }
+    assert expect in models["stg_openfunnel__jobs"]
+    assert "from_json" not in models["stg_openfunnel__tam_companies"]  # DuckDB's only
+
+
+def service_account_key(python, folder):
+    """A throwaway service-account key file, made with the adapter's own cryptography."""
+    path = folder / "key.json"
+    script = (
+        "import json, sys\n"
+        "from cryptography.hazmat.primitives import serialization\n"
+        "from cryptography.hazmat.primitives.asymmetric import rsa\n"
+        "key = rsa.generate_private_key(public_exponent=65537, key_size=2048)\n"
+        "pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,"
+        " serialization.NoEncryption()).decode()\n"
+        "json.dump({'type': 'service_account', 'project_id': 'placeholder-project',"
+        " 'private_key_id': 'k', 'private_key': pem, 'client_id': '1',"
+        " 'client_email': 'dbt@placeholder-project.iam.gserviceaccount.com',"
+        " 'token_uri': 'http://127.0.0.1:9/token'}, open(sys.argv[1], 'w'))\n"
+    )
+    subprocess.run([str(python), "-c", script, str(path)], check=True, timeout=60)
+    return path

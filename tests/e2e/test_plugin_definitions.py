@@ -54,6 +54,8 @@ def test_every_plugin_is_defined_inline():
         "target-bigquery",
         "dbt-duckdb",
         "dbt-postgres",
+        "dbt-snowflake",
+        "dbt-bigquery",
     }
     for plugin in plugins:
         assert {"namespace", "pip_url", "executable", "settings"} <= plugin.keys(), plugin["name"]
