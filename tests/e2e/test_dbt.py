@@ -171,6 +171,10 @@ def test_models_compare_two_refreshes_of_one_entry(meltano, fake_api, warehouse)
     billed = sum(float(billed_credits) for _, fp, billed_credits in jobs if fp == fingerprint)
     assert billed > 0
     assert float(spend[fingerprint]) == billed
+    # Every job's credits land in exactly one month; none is lost or counted twice.
+    monthly = target.rows("SELECT jobs, credits_consumed FROM analytics.spend_per_month")
+    assert sum(int(n) for n, _ in monthly) == len(jobs)
+    assert sum(float(c) for _, c in monthly) == sum(float(c) for _, _, c in jobs)
 
 
 # No Snowflake or BigQuery emulator runs dbt's SQL here, so the models are compiled by
