@@ -21,6 +21,8 @@ DUCKDB_PYTHON=.meltano/loaders/target-duckdb/venv/bin/python
 DEMO_DIR=.demo
 TAM_ROWS=1234
 LOOKALIKE_ROWS=250
+# Each refresh of one entry moves this many rows on: it drops and adds as many companies.
+REFRESH_DRIFT=40
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
 export MELTANO_CLI_DISABLE_VERSION_CHECK=true
 export PYTHONUNBUFFERED=1
@@ -44,7 +46,7 @@ if [[ -z "${TAP_OPENFUNNEL_API_KEY:-}" ]]; then
     info="$DEMO_DIR/sandbox.json"
     rm -f "$info"
     "$VENV/bin/python" -m tap_openfunnel.sandbox --port 0 --demo \
-        --tam-rows "$TAM_ROWS" --lookalike-rows "$LOOKALIKE_ROWS" \
+        --tam-rows "$TAM_ROWS" --lookalike-rows "$LOOKALIKE_ROWS" --refresh-drift "$REFRESH_DRIFT" \
         > "$info" 2> "$DEMO_DIR/sandbox.log" &
     server_pid=$!
     for _ in $(seq 100); do
@@ -107,3 +109,27 @@ if [[ ${#show_args[@]} -gt 0 ]]; then
 elif grep -q "in an earlier run; skipping" "$log"; then
     echo "==> Jobs extracted by an earlier run were skipped (Meltano keeps the state: \`meltano state list\`)."
 fi
+
+# The dbt models (transform/, docs/models.md): with the sandbox, one tam_builds entry is
+# submitted and then refreshed (refresh_after 0 days), so that the models have two
+# refreshes of one entry to compare; then the models are built and shown.
+if [[ ${#show_args[@]} -gt 0 ]]; then
+    export TAP_OPENFUNNEL_TAM_JOB_IDS='[]' TAP_OPENFUNNEL_LOOKALIKE_JOB_IDS='[]'
+    export TAP_OPENFUNNEL_TAM_BUILDS='[{"query": "observability vendors in Europe"}]'
+    for pass in submit refresh; do
+        extra=(--full-refresh)
+        [[ "$pass" == refresh ]] && extra=() && export TAP_OPENFUNNEL_REFRESH_AFTER=0
+        echo "==> The demo entry: $pass (meltano run tap-openfunnel target-duckdb; log $DEMO_DIR/entry-$pass.log)"
+        "$MELTANO" run --state-id-suffix sandbox "${extra[@]}" tap-openfunnel target-duckdb \
+            > "$DEMO_DIR/entry-$pass.log" 2>&1 \
+            || { echo "meltano run failed; the end of $DEMO_DIR/entry-$pass.log:" >&2; tail -n 40 "$DEMO_DIR/entry-$pass.log" >&2; exit 1; }
+    done
+fi
+echo "==> meltano invoke dbt-duckdb build   (the models of transform/; log $DEMO_DIR/dbt.log)"
+if ! DBT_DUCKDB_PATH="$TARGET_DUCKDB_FILEPATH" "$MELTANO" invoke dbt-duckdb build > "$DEMO_DIR/dbt.log" 2>&1; then
+    echo "dbt build failed; the end of $DEMO_DIR/dbt.log:" >&2
+    tail -n 40 "$DEMO_DIR/dbt.log" >&2
+    exit 1
+fi
+grep -E "Done\. PASS" "$DEMO_DIR/dbt.log" | sed -E 's/^[^ ]+ +/    /' || true
+.meltano/utilities/dbt-duckdb/venv/bin/python scripts/show_models.py "${TARGET_DUCKDB_FILEPATH#"$PWD"/}"

@@ -18,6 +18,10 @@ PLUGIN_EXECUTABLES=(
     .meltano/loaders/target-jsonl/venv/bin/target-jsonl
     .meltano/loaders/target-snowflake/venv/bin/target-snowflake
     .meltano/loaders/target-bigquery/venv/bin/target-bigquery
+    .meltano/utilities/dbt-duckdb/venv/bin/dbt
+    .meltano/utilities/dbt-postgres/venv/bin/dbt
+    .meltano/utilities/dbt-snowflake/venv/bin/dbt
+    .meltano/utilities/dbt-bigquery/venv/bin/dbt
 )
 export MELTANO_SEND_ANONYMOUS_USAGE_STATS=false
 export MELTANO_CLI_DISABLE_VERSION_CHECK=true

@@ -49,6 +49,7 @@ class JobProgress:
     stream_name: str
     origin: str = "config"
     request: Mapping[str, t.Any] | None = None
+    fingerprint: str | None = None
     submitted_at: str | None = None
     submitted_this_run: bool = False
     pages_read: int = 0
@@ -181,6 +182,7 @@ class Run:
             planned.stream_name,
             origin="submitted",
             request=dict(entry.body),
+            fingerprint=entry.fingerprint,
             submitted_at=submitted_at,
             submitted_this_run=True,
         )
@@ -197,6 +199,7 @@ class Run:
                 planned.stream_name,
                 origin="submitted" if entry is not None else "config",
                 request=dict(entry.body) if entry is not None else None,
+                fingerprint=entry.fingerprint if entry is not None else None,
                 submitted_at=remembered.get("submitted_at"),
             )
         self._to_read[planned.stream_name].append(job_id)

@@ -293,6 +293,7 @@ class JobsStream(OpenFunnelStream):
                 "origin": progress.origin,
                 "query": (progress.request or {}).get("query"),
                 "request": dict(progress.request) if progress.request is not None else None,
+                "request_fingerprint": progress.fingerprint,
                 "submitted_at": progress.submitted_at,
                 "terminal_at": job.terminal_at.isoformat() if job.terminal_at else None,
                 "error_message": body.get("error_message"),

@@ -374,6 +374,38 @@ def test_bulk_submit_delivers_limit_rows_and_reports_seeds(server, http):
     )
 
 
+def domains_of(server, http, kind, job_id):
+    return [row["domain"] for page in walk(server, http, kind, job_id) for row in page["rows"]]
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "body"),
+    [
+        pytest.param("tam", TAM, {"query": "observability vendors"}, id="tam"),
+        pytest.param("lookalike", BULK, {"query": "APM", "limit": 30}, id="lookalike"),
+    ],
+)
+def test_refresh_drift_makes_refreshes_of_one_request_overlap(server, http, kind, path, body):
+    server.submit_defaults[kind] = JobSpec(kind=kind, rows=30, page_size=7, refresh_drift=12)
+    first, second = (post(server, http, path, body).json()["job_id"] for _ in range(2))
+    other = post(server, http, path, {**body, "query": "something else"}).json()["job_id"]
+    one, two = domains_of(server, http, kind, first), domains_of(server, http, kind, second)
+    assert len(one) == len(two) == 30
+    # The refresh drops the first 12 companies, keeps 18 (moved up 12 ranks), adds 12.
+    assert two[:18] == one[12:]
+    assert not set(two[18:]) & set(one)
+    # Another request draws companies of its own, from its first row on.
+    assert not set(domains_of(server, http, kind, other)) & set(one + two)
+
+
+def test_without_refresh_drift_each_job_draws_rows_of_its_own(server, http):
+    server.submit_defaults["tam"] = JobSpec(kind="tam", rows=30)
+    first, second = (post(server, http, TAM, {"query": "q"}).json()["job_id"] for _ in range(2))
+    assert not set(domains_of(server, http, "tam", first)) & set(
+        domains_of(server, http, "tam", second)
+    )
+
+
 def test_credits_are_billed_at_terminal_and_guard_bulk_submits(clock, http):
     with FakeOpenFunnel(credits_total=500, clock=clock) as server:
         server.submit_defaults["lookalike"] = JobSpec(kind="lookalike", running_seconds=1)

@@ -128,6 +128,10 @@ def test_kill_after_first_state_then_resume_submits_each_entry_once(server, run_
     assert jobs["lookalike_search"]["request"] == SEARCH
     assert jobs["lookalike_search"]["origin"] == "submitted"
     assert jobs["tam_build"]["query"] == TAM_QUERY
+    # Re-attached jobs still name their entry (what the dbt models group refreshes by).
+    tam_entry, search_entry = parse_entries([{"query": TAM_QUERY}], [SEARCH])
+    assert jobs["tam_build"]["request_fingerprint"] == tam_entry.fingerprint
+    assert jobs["lookalike_search"]["request_fingerprint"] == search_entry.fingerprint
 
     third = run_tap(config, state=second.last_state)
     assert third.returncode == 0, third.stderr
@@ -281,6 +285,14 @@ def test_changed_entry_submits_new_job_and_refresh_after_resubmits(server, run_t
     assert refreshed.returncode == 0, refreshed.stderr
     assert server.submit_count("tam") == 3
     assert len(refreshed.records("tam_companies")) == 50
+    # Every job of one entry carries the entry's fingerprint; a changed entry is another.
+    fingerprints = [
+        run.records("jobs")[0]["request_fingerprint"] for run in (first, changed, refreshed)
+    ]
+    entry = parse_entries([{"query": TAM_QUERY}], [])[0]
+    assert fingerprints[0] == fingerprints[2] == entry.fingerprint
+    assert fingerprints[1] != fingerprints[0]
+    assert refreshed.records("jobs")[0]["job_id"] != first.records("jobs")[0]["job_id"]
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,9 @@ def test_full_run_emits_every_row_once(server, run_tap):
     assert jobs[tam]["unique_count"] == 1234
     assert jobs[look]["count"] == 250
     assert jobs[tam]["terminal_at"]
+    # A job id from config is its own entry: no request, no fingerprint.
+    assert jobs[tam]["origin"] == "config"
+    assert jobs[tam]["request_fingerprint"] is None
     assert run.messages[-1]["type"] == "STATE"
     partitions = run.last_state["bookmarks"]["tam_companies"]["partitions"]
     assert partitions == [{"context": {"job_id": tam}, "rows_read": 1234, "done": True}]

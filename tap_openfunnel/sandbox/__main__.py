@@ -52,14 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tam-rows", type=int, default=1234, help="rows of TAM jobs")
     parser.add_argument("--lookalike-rows", type=int, default=250, help="rows of lookalike jobs")
+    parser.add_argument(
+        "--refresh-drift",
+        type=int,
+        default=0,
+        help="rows each later submit of the same request moves on along its companies, "
+        "so refreshes of one entry add and drop some (default 0: each job has its own)",
+    )
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of GETs that fail")
     parser.add_argument("--write-config", type=pathlib.Path, help="write a tap config JSON here")
     return parser
 
 
 def _prepare(server: FakeOpenFunnel, args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    tam = JobSpec(kind="tam", rows=args.tam_rows)
-    lookalike = JobSpec(kind="lookalike", rows=args.lookalike_rows)
+    drift = args.refresh_drift
+    tam = JobSpec(kind="tam", rows=args.tam_rows, refresh_drift=drift)
+    lookalike = JobSpec(kind="lookalike", rows=args.lookalike_rows, refresh_drift=drift)
     if not args.demo:
         server.submit_defaults.update(tam=tam, lookalike=lookalike)
         return [], []
@@ -70,9 +78,19 @@ def _prepare(server: FakeOpenFunnel, args: argparse.Namespace) -> tuple[list[str
     ]
     # Submitted jobs walk through pending and running quickly enough to watch in a demo.
     server.submit_defaults.update(
-        tam=JobSpec(kind="tam", rows=args.tam_rows, pending_seconds=1.0, running_seconds=3.0),
+        tam=JobSpec(
+            kind="tam",
+            rows=args.tam_rows,
+            pending_seconds=1.0,
+            running_seconds=3.0,
+            refresh_drift=drift,
+        ),
         lookalike=JobSpec(
-            kind="lookalike", rows=args.lookalike_rows, pending_seconds=0.5, running_seconds=2.0
+            kind="lookalike",
+            rows=args.lookalike_rows,
+            pending_seconds=0.5,
+            running_seconds=2.0,
+            refresh_drift=drift,
         ),
     )
     return tam_ids, lookalike_ids

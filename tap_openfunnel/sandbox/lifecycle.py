@@ -51,6 +51,13 @@ class JobSpec:
         quirks: Odd behaviours to switch on (see ``QUIRKS``).
         job_id: Fixed job id; None draws one from the server's seeded counter.
         request: The submitted body, kept for the manifest (seed domains).
+        population: Key the rows are drawn from instead of the job id: jobs that share
+            it share companies (the same row for the same population index).
+        first_row: Population index of the job's first row.
+        refresh_drift: In a submit template: each later submit of the same request
+            starts this many rows further into that request's population, so
+            refreshes of one entry overlap yet add and drop companies (0: every job
+            draws rows of its own).
     """
 
     kind: JobKind
@@ -67,6 +74,9 @@ class JobSpec:
     quirks: frozenset[str] = frozenset()
     job_id: str | None = None
     request: dict[str, t.Any] | None = field(default=None, compare=False)
+    population: str | None = None
+    first_row: int = 0
+    refresh_drift: int = 0
 
     def __post_init__(self) -> None:
         """Reject specs the server could not play out.
@@ -89,8 +99,9 @@ class JobSpec:
             self.rows < 0
             or self.bands_total < 1
             or (self.page_size is not None and self.page_size < 1)
+            or min(self.first_row, self.refresh_drift) < 0
         ):
-            problems.append("rows, bands_total or page_size out of range")
+            problems.append("rows, bands_total, page_size, first_row or refresh_drift out of range")
         if not 0.0 <= self.partial_fraction <= 1.0:
             problems.append("partial_fraction outside 0..1")
         durations = [

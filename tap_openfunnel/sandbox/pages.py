@@ -169,11 +169,12 @@ def _rows_of(job: Job, layout: _Layout, page: int) -> list[dict[str, t.Any]]:
     base = page - 1 if layout.empty_slot and page > 1 else page
     start = base * job.page_size
     stop = min(start + job.page_size, layout.readable)
+    first = job.spec.first_row
     return page_rows(
         job.kind,
-        job.job_id,
-        start,
-        stop,
+        job.spec.population or job.job_id,
+        first + start,
+        first + stop,
         query=job.spec.query,
         rows_total=job.spec.rows,
         bands_total=job.spec.bands_total,

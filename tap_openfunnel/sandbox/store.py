@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import threading
 import typing as t
 import uuid
+from dataclasses import replace
 
 from tap_openfunnel.sandbox.lifecycle import Job, JobSpec, JobState
 
@@ -45,6 +47,7 @@ class JobStore:
         self._billed = 0.0
         self._counter = 0
         self._submits = {"tam": 0, "lookalike": 0}
+        self._population_jobs: dict[str, int] = {}
 
     def create(
         self,
@@ -78,6 +81,8 @@ class JobStore:
                 left = credits_total - self._credits_used_locked()
                 if spec.rows > left:
                     raise CreditsExceededError(spec.rows, left)
+            if submitted and spec.refresh_drift:
+                spec = self._drifted_locked(spec)
             job_id = spec.job_id or self._next_id()
             if job_id in self._jobs:
                 msg = f"A job with id {job_id} already exists"
@@ -89,6 +94,14 @@ class JobStore:
             if submitted:
                 self._submits[spec.kind] += 1
             return job
+
+    def _drifted_locked(self, spec: JobSpec) -> JobSpec:
+        """The spec of the next refresh of its request: its rows shifted along its population."""
+        canonical = json.dumps([spec.kind, spec.request], sort_keys=True, separators=(",", ":"))
+        population = hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
+        earlier = self._population_jobs.get(population, 0)
+        self._population_jobs[population] = earlier + 1
+        return replace(spec, population=population, first_row=earlier * spec.refresh_drift)
 
     def _next_id(self) -> str:
         self._counter += 1

@@ -52,6 +52,10 @@ def test_every_plugin_is_defined_inline():
         "target-jsonl",
         "target-snowflake",
         "target-bigquery",
+        "dbt-duckdb",
+        "dbt-postgres",
+        "dbt-snowflake",
+        "dbt-bigquery",
     }
     for plugin in plugins:
         assert {"namespace", "pip_url", "executable", "settings"} <= plugin.keys(), plugin["name"]
@@ -59,6 +63,9 @@ def test_every_plugin_is_defined_inline():
     duckdb = next(p for p in plugins if p["name"] == "target-duckdb")
     # duckdb >= 1.3 makes target-duckdb 0.8.0 drop the first row of every batch.
     assert "duckdb==1.2.2" in duckdb["pip_url"].split()
+    # dbt-duckdb opens the file target-duckdb wrote: one DuckDB version, one storage format.
+    dbt_duckdb = next(p for p in plugins if p["name"] == "dbt-duckdb")
+    assert "duckdb==1.2.2" in dbt_duckdb["pip_url"].split()
     assert MELTANO_YML["send_anonymous_usage_stats"] is False
 
 
