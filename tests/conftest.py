@@ -17,6 +17,16 @@ from tap_openfunnel.sandbox import FakeOpenFunnel
 SEED = 0
 
 
+@pytest.fixture(autouse=True)
+def private_state_home(tmp_path, monkeypatch):
+    """Every per-user path of every test, and of the taps and Meltano runs it starts,
+    under the test's own folder: the submission journal never lands in the user's home,
+    and no test sees another's submissions."""
+    state_home = tmp_path / "xdg-state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state_home))
+    return state_home
+
+
 @pytest.fixture
 def server():
     # It refuses to serve for ever: a tap that loops fails instead of hanging.
