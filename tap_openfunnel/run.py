@@ -133,7 +133,9 @@ class Run:
             if job_id is None:
                 continue  # a submit another run may have made: failed, with what to do
             if planned.action is Action.REATTACH:
-                LOGGER.info("%s: re-attaching to job %s.", planned.label, job_id)
+                LOGGER.info(
+                    "%s: re-attaching to job %s (%s).", planned.label, job_id, planned.reason
+                )
             self._track(planned, job_id)
 
     def jobs_to_read(self, stream_name: str) -> list[str]:

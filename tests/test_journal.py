@@ -1,0 +1,296 @@
+"""The submission journal: never paying twice across pipelines, state files, kills, runs at once."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+from support import API_KEY, base_config, parse_messages, tap_command, tap_env, write_json
+
+from tap_openfunnel.entries import parse_entries
+from tap_openfunnel.journal import (
+    INTENT,
+    SUBMITTED,
+    Journal,
+    JournalError,
+    UnconfirmedSubmitError,
+    account_of,
+)
+from tap_openfunnel.sandbox import Faults, JobSpec
+
+TAM_QUERY = "observability vendors in Europe"
+ROWS = 120
+
+
+@pytest.fixture
+def tam_server(server):
+    server.submit_defaults["tam"] = JobSpec(
+        kind="tam", rows=ROWS, pending_seconds=0.1, running_seconds=0.2
+    )
+    return server
+
+
+def tam_config(server, **overrides):
+    return base_config(server, tam_builds=[{"query": TAM_QUERY}], **overrides)
+
+
+def journal_path(private_state_home):
+    return private_state_home / "tap-openfunnel" / "journal.sqlite3"
+
+
+def rows_of(run):
+    return {record["rank"] for record in run.records("tam_companies")}
+
+
+def wait_until(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+# What a second pipeline, loader or state finds ---------------------------------------
+
+
+def test_a_second_loader_with_an_empty_state_reattaches_instead_of_buying_again(
+    tam_server, run_tap, private_state_home
+):
+    first = run_tap(tam_config(tam_server))
+    assert first.returncode == 0, first.stderr
+    assert tam_server.submit_count("tam") == 1
+
+    # Another pipeline (Meltano keeps one state per loader): no state at all.
+    dry = run_tap(tam_config(tam_server, dry_run=True))
+    assert dry.returncode == 0, dry.stderr
+    assert "re-attach" in dry.stderr
+    assert f"Journal: {journal_path(private_state_home)} (1 submission(s)" in dry.stderr
+    assert "Submits: none" in dry.stderr
+
+    second = run_tap(tam_config(tam_server))
+    assert second.returncode == 0, second.stderr
+    assert tam_server.submit_count("tam") == 1
+    assert rows_of(second) == set(range(1, ROWS + 1))  # read again, not bought again
+    assert str(journal_path(private_state_home)) in second.stderr
+
+    # That pipeline's state now knows the job as its own: its next run reads nothing.
+    third = run_tap(tam_config(tam_server), state=second.last_state)
+    assert third.returncode == 0, third.stderr
+    assert tam_server.submit_count("tam") == 1
+    assert third.records("tam_companies") == []
+    assert API_KEY not in first.stderr + second.stderr + third.stderr + dry.stderr
+
+
+def test_without_the_journal_only_the_state_remembers(tam_server, run_tap, private_state_home):
+    """The documented consequence of 'journal: false'."""
+    for _ in range(2):
+        run = run_tap(tam_config(tam_server, journal=False))
+        assert run.returncode == 0, run.stderr
+    assert tam_server.submit_count("tam") == 2
+    assert not journal_path(private_state_home).exists()
+
+
+def test_the_journal_is_per_api_key_and_holds_a_digest_never_the_key(
+    tam_server, run_tap, private_state_home
+):
+    run = run_tap(tam_config(tam_server))
+    assert run.returncode == 0, run.stderr
+    raw = journal_path(private_state_home).read_bytes()
+    assert API_KEY.encode() not in raw
+    entry = parse_entries([{"query": TAM_QUERY}], [])[0]
+    mine = Journal(journal_path(private_state_home), api_key=API_KEY, api_url=tam_server.url)
+    other = Journal(journal_path(private_state_home), api_key="of_other", api_url=tam_server.url)
+    found = mine.latest(entry)
+    assert found is not None
+    assert found.status == SUBMITTED
+    assert found.job_id == run.records("jobs")[0]["job_id"]
+    assert other.latest(entry) is None
+    assert account_of(API_KEY) != account_of("of_other")
+
+
+def test_dry_run_does_not_create_the_journal(tam_server, run_tap, private_state_home):
+    run = run_tap(tam_config(tam_server, dry_run=True))
+    assert run.returncode == 0, run.stderr
+    assert "not created yet" in run.stderr
+    assert not journal_path(private_state_home).exists()
+    assert tam_server.submit_count("tam") == 0
+
+
+@pytest.mark.parametrize(
+    "make_bad",
+    [
+        pytest.param(lambda path: path.write_bytes(b"not a database, " * 100), id="garbage"),
+        pytest.param(lambda path: path.mkdir(), id="a-folder"),
+        pytest.param(
+            lambda path: (path.parent / "blocker").write_text("a file"), id="parent-is-a-file"
+        ),
+    ],
+)
+def test_a_journal_that_cannot_be_opened_stops_the_run_before_any_submit(
+    tam_server, run_tap, tmp_path, make_bad
+):
+    path = tmp_path / "j" / "journal.sqlite3"
+    path.parent.mkdir()
+    make_bad(path)
+    if (path.parent / "blocker").exists():
+        path = path.parent / "blocker" / "journal.sqlite3"
+    run = run_tap(tam_config(tam_server, journal_path=str(path)))
+    assert run.returncode != 0
+    assert f"The submission journal {path} could not be" in run.stderr
+    assert "journal: false" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert tam_server.submit_count("tam") == 0
+
+
+# The submit window ---------------------------------------------------------------------
+
+
+def test_killed_between_intent_and_answer_the_next_run_does_not_submit_again(
+    tam_server, run_tap, tmp_path
+):
+    # The job is created, then the answer takes long: the tap is killed waiting for it.
+    tam_server.faults = Faults(submit_script=["sleep_after_create:20"])
+    config = tam_config(tam_server, request_timeout=60)
+    proc = subprocess.Popen(
+        tap_command(write_json(tmp_path / "c.json", config)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=tap_env(),
+    )
+    wait_until(lambda: tam_server.submit_count("tam") == 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    again = run_tap(config)
+    assert again.returncode != 0
+    assert tam_server.submit_count("tam") == 1
+    assert f"tam_builds[1] ({TAM_QUERY!r}) was being submitted at 20" in again.stderr
+    assert "a job may exist and be billed" in again.stderr
+    assert "'tam_job_ids'" in again.stderr
+    assert "unconfirmed_submits" in again.stderr
+    assert "Traceback" not in again.stderr
+    dry = run_tap(tam_config(tam_server, dry_run=True))
+    assert "blocked" in dry.stderr
+    assert "Submits: none" in dry.stderr
+
+    # The user's way out when no job is wanted: one run that allows a new submit.
+    resubmitted = run_tap(tam_config(tam_server, unconfirmed_submits="resubmit"))
+    assert resubmitted.returncode == 0, resubmitted.stderr
+    assert tam_server.submit_count("tam") == 2
+    assert rows_of(resubmitted) == set(range(1, ROWS + 1))
+    # And from then on the entry is known again: no third purchase.
+    after = run_tap(config)
+    assert after.returncode == 0, after.stderr
+    assert tam_server.submit_count("tam") == 2
+
+
+@pytest.mark.parametrize(
+    ("script", "next_run_submits"),
+    [
+        pytest.param(["500_after_create"], False, id="maybe-created-blocks-the-next-run"),
+        pytest.param(["429"], True, id="refused-leaves-no-trace"),
+    ],
+)
+def test_a_failed_submit_blocks_the_entry_only_when_a_job_may_exist(
+    tam_server, run_tap, script, next_run_submits
+):
+    tam_server.faults = Faults(submit_script=script, retry_after=0)
+    first = run_tap(tam_config(tam_server, max_retries=0))
+    assert first.returncode != 0
+    created = tam_server.submit_count("tam")
+    tam_server.faults = Faults()
+    second = run_tap(tam_config(tam_server))
+    if next_run_submits:
+        assert second.returncode == 0, second.stderr
+        assert tam_server.submit_count("tam") == created + 1
+    else:
+        assert second.returncode != 0
+        assert "may exist and be billed" in second.stderr
+        assert tam_server.submit_count("tam") == created
+
+
+# Two runs at once ------------------------------------------------------------------------
+
+
+def test_two_taps_at_once_on_one_journal_submit_once(tam_server, tmp_path):
+    # The first tap's submit is answered slowly; the second starts meanwhile, plans
+    # the same entry, waits for the first one's submit, and re-attaches to its job.
+    tam_server.faults = Faults(submit_script=["sleep_after_create:8"])
+    config_path = write_json(tmp_path / "c.json", tam_config(tam_server, request_timeout=60))
+
+    def start(name):
+        err = (tmp_path / f"{name}.err").open("w")
+        out = (tmp_path / f"{name}.out").open("w")
+        return subprocess.Popen(tap_command(config_path), stdout=out, stderr=err, env=tap_env())
+
+    first = start("first")
+    wait_until(lambda: tam_server.submit_count("tam") == 1)
+    second = start("second")
+    assert first.wait(timeout=120) == 0, (tmp_path / "first.err").read_text()
+    assert second.wait(timeout=120) == 0, (tmp_path / "second.err").read_text()
+    assert tam_server.submit_count("tam") == 1
+    second_log = (tmp_path / "second.err").read_text()
+    assert "another run is submitting it right now" in second_log
+    assert "another run submitted it meanwhile" in second_log
+    for name in ("first", "second"):
+        messages = parse_messages((tmp_path / f"{name}.out").read_text())
+        ranks = [
+            m["record"]["rank"]
+            for m in messages
+            if m["type"] == "RECORD" and m["stream"] == "tam_companies"
+        ]
+        assert sorted(ranks) == list(range(1, ROWS + 1)), name
+
+
+def test_the_journal_lock_holds_across_lookup_intent_and_answer(tmp_path):
+    """In process: a second journal object sees the first one's intent as in flight."""
+    path = tmp_path / "journal.sqlite3"
+    entry = parse_entries([{"query": TAM_QUERY}], [])[0]
+    first = Journal(path, api_key=API_KEY, api_url="http://127.0.0.1:1")
+    second = Journal(path, api_key=API_KEY, api_url="http://127.0.0.1:1", lock_wait=0.3)
+    assert first.latest(entry) is None
+    assert second.latest(entry) is None
+    seen_from_inside = []
+
+    def send():
+        seen = second.latest(entry)
+        seen_from_inside.append(seen.status if seen else None)
+        with pytest.raises(JournalError, match="another tap-openfunnel run"):
+            second.submit_once(entry, lambda: "never", resubmit_unconfirmed=False)
+        return "job-1"
+
+    outcome = first.submit_once(entry, send, resubmit_unconfirmed=False)
+    assert outcome.sent_here
+    assert seen_from_inside == ["in_flight"]
+    # Its lock released, the second sees a newer, confirmed submit: no second POST.
+    reattached = second.submit_once(entry, lambda: "never", resubmit_unconfirmed=False)
+    assert (reattached.job_id, reattached.sent_here) == ("job-1", False)
+
+
+def test_an_intent_left_by_a_dead_run_is_not_in_flight(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    entry = parse_entries([{"query": TAM_QUERY}], [])[0]
+    journal = Journal(path, api_key=API_KEY, api_url="http://127.0.0.1:1")
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO submissions (account, api_url, job_type, fingerprint, entry, "
+            "submitted_at, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                account_of(API_KEY),
+                "http://127.0.0.1:1",
+                entry.job_type.value,
+                entry.fingerprint,
+                entry.label,
+                "2026-12-01T00:00:00+00:00",
+                INTENT,
+            ),
+        )
+    found = journal.latest(entry)
+    assert found is not None
+    assert found.status == INTENT
+    with pytest.raises(UnconfirmedSubmitError, match="2026-12-01T00:00:00"):
+        Journal(path, api_key=API_KEY, api_url="http://127.0.0.1:1").submit_once(
+            entry, lambda: "never", resubmit_unconfirmed=False
+        )
