@@ -95,9 +95,10 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
             tap_class.logger,
             f"The state given with --state is not one this tap wrote: {problem}. Fix or "
             "remove that entry, or start from a clean state ('meltano state clear "
-            "<state id>', or no --state). A clean state reads every configured job again "
-            "and submits every tam_builds / lookalike_searches entry again (billed) unless "
-            "you attach their jobs by id in 'tam_job_ids' / 'lookalike_job_ids'.",
+            "<state id>', or no --state). A clean state reads every configured job again; "
+            "tam_builds / lookalike_searches entries are re-attached to the jobs the "
+            "submission journal remembers, and submitted again (billed) only when it has "
+            "none (or 'journal' is false).",
         )
 
     def create(*, validate: bool) -> TapOpenFunnel:

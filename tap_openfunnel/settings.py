@@ -73,7 +73,7 @@ CONFIG_SCHEMA = th.PropertiesList(
         default=[],
         title="TAM builds",
         description='TAM Builder jobs to submit, as objects {"query": "..."} (1-500 '
-        "characters). Each entry is submitted once; state remembers its job.",
+        "characters). Each entry is submitted once; state and the journal remember its job.",
     ),
     th.Property(
         "lookalike_searches",
