@@ -7,7 +7,6 @@ import datetime as dt
 import hashlib
 import os
 import sqlite3
-import time
 import typing as t
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from tap_openfunnel.exceptions import (
     RetriesExhaustedError,
     UnreachableError,
 )
+from tap_openfunnel.journal_lock import LockWaitError, SubmitLock
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -31,10 +31,8 @@ SUBMITTED = "submitted"  # OpenFunnel answered with this job id
 NOT_SENT = "not_sent"  # the POST surely created no job (refused, never sent)
 # Not stored: an intent whose run holds the lock right now, its answer still to come.
 IN_FLIGHT = "in_flight"
-# How long a run waits for another run's submit to the same journal to finish; each
-# wait is short, so a signal is handled within a fraction of a second meanwhile.
+# How long a run waits for another run's submit to the same journal to finish.
 LOCK_WAIT_SECONDS = 900.0
-_LOCK_STEP_SECONDS = 0.1
 _WRITE_TIMEOUT_SECONDS = 10.0
 _HTTP_CLIENT_ERRORS = range(400, 500)
 
@@ -159,7 +157,7 @@ class Journal:
         self.path = path
         self.account = account_of(api_key)
         self.api_url = api_url
-        self.lock_wait = lock_wait
+        self._submit_lock = SubmitLock(path.with_name(path.name + "-lock"), wait=lock_wait)
         self._seen: dict[tuple[str, str], int] = {}
         self._db: sqlite3.Connection | None = None
         if read_only and not path.exists():
@@ -197,11 +195,13 @@ class Journal:
             ).fetchone()
         return f"Journal: {self.path} ({count} submission(s) for this API key and API URL)."
 
-    def latest(self, entry: BuildEntry) -> Submission | None:
+    def latest(self, entry: BuildEntry, *, probe: bool = True) -> Submission | None:
         """The newest submission of the entry's request (sent, or perhaps sent).
 
         Args:
             entry: The config entry.
+            probe: Tell an intent whose run is submitting right now (``in_flight``)
+                from one left by a run that died.
 
         Returns:
             The row, or None when this request was never submitted through the journal.
@@ -217,7 +217,7 @@ class Journal:
                 ).fetchone()
         found = None if row is None else Submission(*row)
         seen = 0 if found is None else found.row_id
-        if found is not None and found.status == INTENT and self._locked_elsewhere():
+        if probe and found is not None and found.status == INTENT and self._submit_held_elsewhere():
             # Another run is between its intent and OpenFunnel's answer: this run's
             # submit waits for it and then re-attaches to its job.
             found = replace(found, status=IN_FLIGHT)
@@ -276,12 +276,6 @@ class Journal:
             self._seen[self._request(entry)[2:]] = row_id
             return SubmitOutcome(job_id, submitted_at, sent_here=True)
 
-    def close(self) -> None:
-        """Close the database (idempotent)."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
     # Internals --------------------------------------------------------------------
 
     def _request(self, entry: BuildEntry) -> tuple[str, str, str, str]:
@@ -289,7 +283,7 @@ class Journal:
 
     def _newer_than_planned(self, entry: BuildEntry) -> Submission | None:
         planned = self._seen.get(self._request(entry)[2:], 0)
-        latest = self.latest(entry)
+        latest = self.latest(entry, probe=False)
         return latest if latest is not None and latest.row_id > planned else None
 
     def _check_version(self) -> None:
@@ -311,51 +305,23 @@ class Journal:
             cursor = self._db.execute(sql, params)
             return int(cursor.lastrowid or 0)
 
-    @property
-    def _lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + "-lock")
-
-    def _locked_elsewhere(self) -> bool:
-        if not self._lock_path.exists():
-            return False
+    def _submit_held_elsewhere(self) -> bool:
         with self._failing("read"):
-            probe = sqlite3.connect(self._lock_path, timeout=0, isolation_level=None)
-            try:
-                probe.execute("BEGIN EXCLUSIVE")
-            except sqlite3.OperationalError:
-                return True
-            finally:
-                probe.close()
-        return False
+            return self._submit_lock.held_elsewhere()
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        lock_path = self._lock_path
-        with self._failing("locked"):
-            lock = sqlite3.connect(lock_path, timeout=_LOCK_STEP_SECONDS, isolation_level=None)
-        deadline = time.monotonic() + self.lock_wait
         try:
-            while True:
-                try:
-                    lock.execute("BEGIN EXCLUSIVE")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        msg = (
-                            f"Could not lock the submission journal ({lock_path}) within "
-                            f"{self.lock_wait:,.0f} s ({exc}): another tap-openfunnel run "
-                            "has been submitting through it all that time. Nothing was "
-                            "submitted. Wait for that run, or give this one another "
-                            "'journal_path'."
-                        )
-                        raise JournalError(msg) from None
-                    time.sleep(_LOCK_STEP_SECONDS)
-            try:
+            with self._failing("locked"), self._submit_lock.hold():
                 yield
-            finally:
-                lock.execute("ROLLBACK")
-        finally:
-            lock.close()
+        except LockWaitError as exc:
+            msg = (
+                f"Could not lock the submission journal ({self._submit_lock.path}) within "
+                f"{self._submit_lock.wait:,.0f} s ({exc}): another tap-openfunnel run has "
+                "been submitting through it all that time. Nothing was submitted. Wait "
+                "for that run, or give this one another 'journal_path'."
+            )
+            raise JournalError(msg) from None
 
     @contextlib.contextmanager
     def _failing(self, what: str) -> Iterator[None]:
