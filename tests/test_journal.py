@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import sqlite3
 import subprocess
@@ -11,15 +12,20 @@ import pytest
 from support import API_KEY, base_config, parse_messages, tap_command, tap_env, write_json
 
 from tap_openfunnel.entries import parse_entries
+from tap_openfunnel.exceptions import NotFoundError
+from tap_openfunnel.jobs import JobType
 from tap_openfunnel.journal import (
     INTENT,
+    NOT_SENT,
     SUBMITTED,
     Journal,
     JournalError,
     UnconfirmedSubmitError,
     account_of,
 )
+from tap_openfunnel.planner import Action, Planner
 from tap_openfunnel.sandbox import Faults, JobSpec
+from tap_openfunnel.settings import Settings
 
 TAM_QUERY = "observability vendors in Europe"
 ROWS = 120
@@ -294,3 +300,152 @@ def test_an_intent_left_by_a_dead_run_is_not_in_flight(tmp_path):
         Journal(path, api_key=API_KEY, api_url="http://127.0.0.1:1").submit_once(
             entry, lambda: "never", resubmit_unconfirmed=False
         )
+
+
+# The planner's decisions with a journal --------------------------------------------------
+
+NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
+API_URL = "http://127.0.0.1:1"
+DAY = "2026-11-29T12:00:00+00:00"  # a day before NOW
+MONTH = "2026-10-30T12:00:00+00:00"  # a month before NOW
+
+
+class KnownJobs:
+    """The job API as the planner sees it: some jobs known, everything counted."""
+
+    def __init__(self, known):
+        self.known = set(known)
+        self.polls = []
+
+    def poll(self, job_type, job_id, cursor):
+        self.polls.append(job_id)
+        if job_id not in self.known:
+            msg = "HTTP 404"
+            raise NotFoundError(msg, status=404)
+        return {"job_id": job_id, "status": "running"}
+
+    def balance(self):
+        return {"credits_left": 1e9}
+
+
+def journal_row(path, entry, *, job_id, submitted_at, status=SUBMITTED):
+    Journal(path, api_key=API_KEY, api_url=API_URL)  # creates the file
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO submissions (account, api_url, job_type, fingerprint, entry, job_id, "
+            "submitted_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                account_of(API_KEY),
+                API_URL,
+                entry.job_type.value,
+                entry.fingerprint,
+                entry.label,
+                job_id,
+                submitted_at,
+                status,
+            ),
+        )
+
+
+@pytest.mark.parametrize(
+    ("row", "state", "config", "expected"),
+    [
+        pytest.param(
+            {"job_id": "j-new", "submitted_at": DAY},
+            None,
+            {},
+            (Action.REATTACH, "j-new"),
+            id="another-pipeline-bought-it",
+        ),
+        pytest.param(
+            {"job_id": "j-new", "submitted_at": DAY},
+            {"job_id": "j-old", "submitted_at": MONTH, "done": True},
+            {},
+            (Action.REATTACH, "j-new"),
+            id="journal-newer-than-state",
+        ),
+        pytest.param(
+            {"job_id": "j-old", "submitted_at": MONTH},
+            {"job_id": "j-old", "submitted_at": MONTH, "done": True},
+            {},
+            (Action.SKIP, "j-old"),
+            id="same-job-state-knows-it-is-read",
+        ),
+        pytest.param(
+            {"job_id": "j-old", "submitted_at": MONTH},
+            {"job_id": "j-new", "submitted_at": DAY, "done": True},
+            {},
+            (Action.SKIP, "j-new"),
+            id="state-newer-than-journal",
+        ),
+        pytest.param(
+            {"job_id": "j-new", "submitted_at": MONTH},
+            None,
+            {"refresh_after": 7},
+            (Action.REFRESH, None),
+            id="older-than-refresh-after",
+        ),
+        pytest.param(
+            {"job_id": "j-gone", "submitted_at": DAY},
+            None,
+            {},
+            (Action.SUBMIT, None),
+            id="gone",
+        ),
+        pytest.param(
+            {"job_id": None, "submitted_at": DAY, "status": INTENT},
+            None,
+            {},
+            (Action.BLOCKED, None),
+            id="unconfirmed-at-most-once",
+        ),
+        pytest.param(
+            {"job_id": None, "submitted_at": DAY, "status": INTENT},
+            {"job_id": "j-old", "submitted_at": MONTH, "done": True},
+            {},
+            (Action.BLOCKED, None),
+            id="unconfirmed-newer-than-state",
+        ),
+        pytest.param(
+            {"job_id": None, "submitted_at": DAY, "status": INTENT},
+            None,
+            {"unconfirmed_submits": "resubmit"},
+            (Action.SUBMIT, None),
+            id="unconfirmed-at-least-once",
+        ),
+        pytest.param(
+            {"job_id": None, "submitted_at": DAY, "status": NOT_SENT},
+            None,
+            {},
+            (Action.SUBMIT, None),
+            id="refused-submit-is-no-purchase",
+        ),
+    ],
+)
+def test_the_planner_reads_the_journal_beside_state(tmp_path, row, state, config, expected):
+    path = tmp_path / "journal.sqlite3"
+    entry = parse_entries([{"query": TAM_QUERY}], [])[0]
+    journal_row(path, entry, **row)
+    states = []
+    if state is not None:
+        job_id = state.pop("job_id")
+        states = [{"context": {"job_id": job_id}, "fingerprint": entry.fingerprint, **state}]
+    settings = Settings.from_config(
+        {"api_key": API_KEY, "api_url": API_URL, "tam_builds": [{"query": TAM_QUERY}], **config}
+    )
+    planner = Planner(
+        settings,
+        KnownJobs({"j-new", "j-old"}),  # type: ignore[arg-type]
+        {JobType.TAM: "tam_companies"},
+        lambda _name: states,
+        now=lambda: NOW,
+        journal=Journal(path, api_key=API_KEY, api_url=API_URL),
+    )
+    (decision,) = planner.plan().jobs
+    assert (decision.action, decision.job_id) == expected, decision.reason
+    if decision.action is Action.REATTACH:
+        assert str(path) in decision.reason
+        assert decision.submitted_at == row["submitted_at"]
+    if decision.action is Action.BLOCKED:
+        assert "tam_builds[1]" in decision.reason
+        assert DAY in decision.reason
