@@ -35,6 +35,13 @@ IN_FLIGHT = "in_flight"
 LOCK_WAIT_SECONDS = 900.0
 _WRITE_TIMEOUT_SECONDS = 10.0
 _HTTP_CLIENT_ERRORS = range(400, 500)
+# What the client says to do after a submit that may have landed, and what holds with
+# the journal, which keeps that submit as unconfirmed.
+_RUN_AGAIN = "Otherwise run the tap again."
+_RESUBMIT_ONCE = (
+    "Otherwise allow one new submit: run once with 'unconfirmed_submits' set to "
+    "'resubmit' (a plain re-run fails this entry rather than risk buying it twice)."
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
@@ -259,6 +266,10 @@ class Journal:
             )
             try:
                 job_id = send()
+            except AmbiguousSubmitError as exc:
+                # The intent stays: a plain re-run fails the entry instead of buying it twice.
+                text = str(exc).replace(_RUN_AGAIN, _RESUBMIT_ONCE)
+                raise AmbiguousSubmitError(text, status=exc.status, path=exc.path) from None
             except ApiError as exc:
                 if surely_not_created(exc):
                     self._write(

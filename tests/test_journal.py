@@ -205,6 +205,8 @@ def test_a_failed_submit_blocks_the_entry_only_when_a_job_may_exist(
     tam_server.faults = Faults(submit_script=script, retry_after=0)
     first = run_tap(tam_config(tam_server, max_retries=0))
     assert first.returncode != 0
+    # What the failed run says to do is what the next run will accept.
+    assert ("unconfirmed_submits" in first.stderr) is not next_run_submits
     created = tam_server.submit_count("tam")
     tam_server.faults = Faults()
     second = run_tap(tam_config(tam_server))
