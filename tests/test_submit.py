@@ -161,8 +161,9 @@ def kill_first_state(config_path):
         pytest.param([("records", 1)], id="reading-first-page"),
         pytest.param([("records", 450), ("records", 300)], id="reading-twice"),
         pytest.param([("seconds", 0.8)], id="while-waiting"),
-        # 0.05 s is before the imports are done: a kill can land anywhere but inside a
-        # submit's round trip, the one window no API without idempotency keys closes.
+        # 0.05 s is before the imports are done. A kill inside a submit's round trip
+        # (the window no API without idempotency keys closes) blocks that entry on the
+        # next run instead of buying it twice: see the end of the test.
         pytest.param([("seconds", 0.05), ("records", 50), ("seconds", 1.5)], id="mixed"),
     ],
 )
@@ -184,10 +185,20 @@ def test_repeated_kills_never_submit_twice(server, run_tap, tmp_path, kill_point
         states = [m["value"] for m in messages if m["type"] == "STATE"]
         state = states[-1] if states else state
     final = run_tap(config, state=state)
+    most = 1
+    if final.returncode != 0 and "may exist and be billed" in final.stderr:
+        # A kill landed between a submit's journal intent and OpenFunnel's answer: that
+        # entry fails rather than being bought twice; the documented way out (one run
+        # that allows a resubmit) completes it.
+        assert server.submit_count("tam") <= 1
+        assert server.submit_count("lookalike") <= 1
+        delivered += company_records(final.messages)
+        final = run_tap({**config, "unconfirmed_submits": "resubmit"}, state=final.last_state)
+        most = 2
     assert final.returncode == 0, final.stderr
     delivered += company_records(final.messages)
-    assert server.submit_count("tam") == 1
-    assert server.submit_count("lookalike") == 1
+    assert 1 <= server.submit_count("tam") <= most
+    assert 1 <= server.submit_count("lookalike") <= most
     assert {r["rank"] for r in delivered if "source_band" in r} == set(range(1, 901))
     assert {r["rank"] for r in delivered if "company_size" in r} == set(range(1, 301))
 
