@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import signal
 import sqlite3
@@ -23,6 +24,7 @@ from tap_openfunnel.journal import (
     UnconfirmedSubmitError,
     account_of,
 )
+from tap_openfunnel.journal_lock import SubmitLock
 from tap_openfunnel.planner import Action, Planner
 from tap_openfunnel.sandbox import Faults, JobSpec
 from tap_openfunnel.settings import Settings
@@ -451,3 +453,43 @@ def test_the_planner_reads_the_journal_beside_state(tmp_path, row, state, config
     if decision.action is Action.BLOCKED:
         assert "tam_builds[1]" in decision.reason
         assert DAY in decision.reason
+
+
+def test_the_intent_is_on_disk_before_the_post_and_the_job_id_after(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    entry = parse_entries([{"query": TAM_QUERY}], [])[0]
+    journal = Journal(path, api_key=API_KEY, api_url=API_URL)
+    journal.latest(entry)
+
+    def rows():
+        # Another connection, as another process would read it.
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return db.execute("SELECT status, job_id FROM submissions").fetchall()
+
+    def send():
+        assert rows() == [(INTENT, None)]
+        return "job-1"
+
+    journal.submit_once(entry, send, resubmit_unconfirmed=False)
+    assert rows() == [(SUBMITTED, "job-1")]
+
+
+def test_a_run_waiting_for_another_runs_submit_still_stops_on_sigterm(tam_server, tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    Journal(path, api_key=API_KEY, api_url=tam_server.url)
+    config = tam_config(tam_server, journal_path=str(path))
+    holder = SubmitLock(path.with_name(path.name + "-lock"), wait=1)
+    with holder.hold():
+        proc = subprocess.Popen(
+            tap_command(write_json(tmp_path / "c.json", config)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=tap_env(),
+        )
+        # The tap has planned and is waiting for the lock once it asked for the balance.
+        wait_until(lambda: tam_server.request_count("GET", "/api/v1/credits/balance") >= 1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+    assert tam_server.submit_count("tam") == 0
