@@ -174,16 +174,18 @@ class Journal:
                 self._db = sqlite3.connect(
                     f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
                 )
-                self._check_version()
+                if not self._check_version():
+                    self._db.close()
+                    self._db = None  # created, never written: nothing submitted yet
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(
                     path, timeout=_WRITE_TIMEOUT_SECONDS, isolation_level=None
                 )
+                self._check_version()  # before changing anything in someone else's file
                 self._db.execute("PRAGMA journal_mode=WAL")
                 # An intent must be on disk before the POST goes out.
                 self._db.execute("PRAGMA synchronous=FULL")
-                self._check_version()
                 self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
@@ -297,7 +299,12 @@ class Journal:
         latest = self.latest(entry, probe=False)
         return latest if latest is not None and latest.row_id > planned else None
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> bool:
+        """Refuse a newer journal, or a database that is not a journal at all.
+
+        Returns:
+            Whether the journal's table exists yet.
+        """
         assert self._db is not None  # noqa: S101 - called right after connecting
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
@@ -306,6 +313,18 @@ class Journal:
                 f"version {SCHEMA_VERSION}); upgrade the tap"
             )
             raise sqlite3.DatabaseError(msg)
+        tables = {
+            name
+            for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        foreign = sorted(tables - {"submissions", "sqlite_sequence"})
+        if foreign:
+            msg = (
+                f"it is another program's SQLite database (tables {', '.join(foreign[:3])}), "
+                "not a tap-openfunnel journal; it was left as it was"
+            )
+            raise sqlite3.DatabaseError(msg)
+        return "submissions" in tables
 
     def _write(self, sql: str, params: tuple[object, ...]) -> int:
         if self._db is None:

@@ -126,11 +126,18 @@ def test_dry_run_does_not_create_the_journal(tam_server, run_tap, private_state_
     assert tam_server.submit_count("tam") == 0
 
 
+def another_programs_database(path):
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE runs (id INTEGER)")
+        db.commit()
+
+
 @pytest.mark.parametrize(
     "make_bad",
     [
         pytest.param(lambda path: path.write_bytes(b"not a database, " * 100), id="garbage"),
         pytest.param(lambda path: path.mkdir(), id="a-folder"),
+        pytest.param(another_programs_database, id="another-programs-db"),
         pytest.param(
             lambda path: (path.parent / "blocker").write_text("a file"), id="parent-is-a-file"
         ),
