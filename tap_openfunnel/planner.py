@@ -10,7 +10,7 @@ from enum import Enum
 
 from tap_openfunnel.budget import credits_text
 from tap_openfunnel.exceptions import NotFoundError, OpenFunnelError
-from tap_openfunnel.journal import unconfirmed_decision
+from tap_openfunnel.submissions import unconfirmed_decision
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -19,8 +19,9 @@ if t.TYPE_CHECKING:
     from tap_openfunnel.api import JobAPI
     from tap_openfunnel.entries import BuildEntry
     from tap_openfunnel.jobs import JobType
-    from tap_openfunnel.journal import Journal, Submission
+    from tap_openfunnel.journal import Journal
     from tap_openfunnel.settings import Settings
+    from tap_openfunnel.submissions import Submission
 
 LOGGER = logging.getLogger("tap-openfunnel")
 

@@ -17,9 +17,9 @@ from tap_openfunnel.exceptions import (
     RowCountMismatchError,
 )
 from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, TrackedJob
-from tap_openfunnel.journal import UnconfirmedSubmitError
 from tap_openfunnel.outcomes import log_summary, row_count_mismatch
 from tap_openfunnel.planner import SUBMITTING, Action
+from tap_openfunnel.submissions import UnconfirmedSubmitError
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping

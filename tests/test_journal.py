@@ -15,19 +15,12 @@ from support import API_KEY, base_config, parse_messages, tap_command, tap_env, 
 from tap_openfunnel.entries import parse_entries
 from tap_openfunnel.exceptions import NotFoundError
 from tap_openfunnel.jobs import JobType
-from tap_openfunnel.journal import (
-    INTENT,
-    NOT_SENT,
-    SUBMITTED,
-    Journal,
-    JournalError,
-    UnconfirmedSubmitError,
-    account_of,
-)
+from tap_openfunnel.journal import Journal, JournalError, account_of
 from tap_openfunnel.journal_lock import SubmitLock
 from tap_openfunnel.planner import Action, Planner
 from tap_openfunnel.sandbox import Faults, JobSpec
 from tap_openfunnel.settings import Settings
+from tap_openfunnel.submissions import INTENT, NOT_SENT, SUBMITTED, UnconfirmedSubmitError
 
 TAM_QUERY = "observability vendors in Europe"
 ROWS = 120
