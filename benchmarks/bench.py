@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -76,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.redirect_stdout(tee):
         header("quick" if args.quick else "default")
         with tempfile.TemporaryDirectory(prefix="tap-openfunnel-bench-") as workdir:
+            # The taps it starts keep their submission journal here, not in the home.
+            os.environ["XDG_STATE_HOME"] = str(Path(workdir) / "xdg-state")
             try:
                 bench = Bench(Path(workdir))
                 figures: dict[str, t.Any] = {

@@ -8,7 +8,9 @@
 # loads output/demo.duckdb and fails unless every row arrived. With
 # TAP_OPENFUNNEL_API_KEY set, the same pipeline runs against the real API with your
 # settings (TAP_OPENFUNNEL_TAM_JOB_IDS='["..."]', `meltano config set tap-openfunnel ...`)
-# and loads output/warehouse.duckdb.
+# and loads output/warehouse.duckdb, with your own submission journal
+# ($XDG_STATE_HOME/tap-openfunnel/, or ~/.local/state/tap-openfunnel/): the one your
+# pipelines use, so the demo never buys again an entry they already bought.
 #
 # Expects .venv (the project) and .meltano-venv (Meltano and its plugins) to exist:
 # `make demo` creates both first.
@@ -57,7 +59,7 @@ if [[ -z "${TAP_OPENFUNNEL_API_KEY:-}" ]]; then
     [[ -s "$info" ]] || { echo "The sandbox did not start within 10 s" >&2; exit 1; }
     # The sandbox prints one JSON line: url, api_key and the ids of its sample jobs.
     eval "$("$VENV/bin/python" - "$info" <<'PY'
-import json, shlex, sys
+import json, os, shlex, sys
 info = json.loads(open(sys.argv[1], encoding="utf-8").readline())
 settings = {
     "API_URL": info["url"],
@@ -67,6 +69,8 @@ settings = {
     # Only the sample jobs: entries you configured for the real API are not submitted.
     "TAM_BUILDS": "[]",
     "LOOKALIKE_SEARCHES": "[]",
+    # The sandbox's jobs stay out of your submission journal (~/.local/state/...).
+    "JOURNAL_PATH": os.path.abspath(".demo/journal.sqlite3"),
 }
 for name, value in settings.items():
     print(f"export TAP_OPENFUNNEL_{name}={shlex.quote(value)}")

@@ -19,6 +19,7 @@ from tap_openfunnel.exceptions import OpenFunnelError
 from tap_openfunnel.logs import install_reported_error_filter, install_secret_filter
 from tap_openfunnel.retries import RetryPolicy
 from tap_openfunnel.settings import MISSING_API_KEY, Settings, check_known_settings
+from tap_openfunnel.state_file import StateFileError, read_state
 
 if t.TYPE_CHECKING:
     from tap_openfunnel.planner import Plan
@@ -31,6 +32,9 @@ _KEY_REQUIRED = "'api_key' is a required property"
 _TEST_TIMEOUT = 10.0
 _TEST_RETRIES = 2
 _TEST_MAX_WAIT = 3.0
+JOURNAL_OFF = (
+    "Journal: off ('journal: false'): only the state given to this run knows what was submitted."
+)
 
 
 def fail(logger: logging.Logger, message: str) -> t.NoReturn:
@@ -70,24 +74,31 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
     # Before anything can echo it (the SDK's own config validation included).
     key = raw.get("api_key") if isinstance(raw, dict) else None
     install_secret_filter(str(key or os.environ.get("TAP_OPENFUNNEL_API_KEY", "")).strip())
+    state_value, form = None, None
     try:
-        state_value = None if state is None else json.loads(state.read())
+        if state is not None:
+            state_value, form = read_state(state.read())
         catalog_value = None if catalog is None else json.loads(catalog.read())
+    except StateFileError as exc:
+        fail(tap_class.logger, str(exc))
     except (ValueError, RecursionError) as exc:
         fail(
             tap_class.logger,
             f"A state or catalog file given to the tap is not valid JSON ({exc}). Fix the "
             "file, or pass a state file that a previous run wrote.",
         )
+    if form is not None:
+        tap_class.logger.info("The state given with --state is %s; reading its state.", form)
     problem = None if state_value is None else state_problem(state_value)
     if problem is not None:
         fail(
             tap_class.logger,
             f"The state given with --state is not one this tap wrote: {problem}. Fix or "
             "remove that entry, or start from a clean state ('meltano state clear "
-            "<state id>', or no --state). A clean state reads every configured job again "
-            "and submits every tam_builds / lookalike_searches entry again (billed) unless "
-            "you attach their jobs by id in 'tam_job_ids' / 'lookalike_job_ids'.",
+            "<state id>', or no --state). A clean state reads every configured job again; "
+            "tam_builds / lookalike_searches entries are re-attached to the jobs the "
+            "submission journal remembers, and submitted again (billed) only when it has "
+            "none (or 'journal' is false).",
         )
 
     def create(*, validate: bool) -> TapOpenFunnel:
@@ -219,10 +230,13 @@ def report_plan(tap: TapOpenFunnel, plan: Plan) -> None:
         tap: The tap.
         plan: The run's plan.
     """
+    journal = tap.journal
     lines = [
         "Dry run: nothing was submitted, no page was read, state is unchanged.",
         *plan.describe(),
     ]
+    if tap.settings.entries:
+        lines.append(journal.describe() if journal is not None else JOURNAL_OFF)
     sys.stderr.write("\n".join(lines) + "\n")
     sys.stderr.flush()
     tap.logger.info("Dry run finished.")

@@ -5,19 +5,23 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import typing as t
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from tap_openfunnel.budget import credit_amount, credits_text, unreadable
 from tap_openfunnel.exceptions import NotFoundError, OpenFunnelError
+from tap_openfunnel.submissions import unconfirmed_decision
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
 
     from tap_openfunnel.api import JobAPI
     from tap_openfunnel.entries import BuildEntry
     from tap_openfunnel.jobs import JobType
+    from tap_openfunnel.journal import Journal
     from tap_openfunnel.settings import Settings
+    from tap_openfunnel.submissions import Submission
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
@@ -34,6 +38,7 @@ class Action(str, Enum):
     SKIP = "skip"  # read to the end in an earlier run: no request at all
     SUBMIT = "submit"  # an entry with no usable job yet: billed
     REFRESH = "refresh"  # an entry whose job is older than refresh_after: billed again
+    BLOCKED = "blocked"  # an earlier submit may have landed unrecorded: failed, not sent
 
 
 SUBMITTING = frozenset({Action.SUBMIT, Action.REFRESH})
@@ -50,6 +55,8 @@ class PlannedJob:
         job_id: The job (None for a submit, until it is sent).
         entry: The config entry behind it, if any.
         reason: Why, in words, for the log and the dry run.
+        submitted_at: When the journal says the job was submitted (a re-attach found
+            there, for the state to remember).
     """
 
     action: Action
@@ -58,6 +65,7 @@ class PlannedJob:
     job_id: str | None
     entry: BuildEntry | None
     reason: str
+    submitted_at: str | None = None
 
     @property
     def label(self) -> str:
@@ -153,21 +161,25 @@ class Planner:
         streams: The selected company streams, by the job family they read.
         partitions: Returns every state partition of a stream (read only).
         now: Wall clock, for ``refresh_after``.
+        journal: The submission journal, consulted beside state (None: off).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the planner's inputs, passed in for tests
         self,
         settings: Settings,
         api: JobAPI,
         streams: Mapping[JobType, str],
         partitions: Callable[[str], Sequence[Mapping[str, t.Any]]],
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        *,
+        journal: Journal | None = None,
     ) -> None:
         self.settings = settings
         self.api = api
         self.streams = streams
         self.partitions = partitions
         self.now = now
+        self.journal = journal
 
     def plan(self) -> Plan:
         """Decide, per job, what this run does.
@@ -212,9 +224,20 @@ class Planner:
             return PlannedJob(action, stream_name, entry.job_type, job_id, entry, reason)
 
         remembered = [state for state in states if state.get("fingerprint") == entry.fingerprint]
-        if not remembered:
-            return decide(Action.SUBMIT, None, "new entry")
-        state = max(remembered, key=lambda item: str(item.get("submitted_at", "")))
+        state = (
+            max(remembered, key=lambda item: str(item.get("submitted_at", "")))
+            if remembered
+            else None
+        )
+        decision = None
+        journaled = self.journal.latest(entry) if self.journal is not None else None
+        if self.journal is not None and journaled is not None and _newer(journaled, state):
+            # Another pipeline, loader or state file bought this request more recently.
+            decision = self._from_journal(
+                entry, journaled, decide, path=self.journal.path, remembered=state is not None
+            )
+        if decision is not None or state is None:
+            return decision or decide(Action.SUBMIT, None, "new entry")
         job_id = _job_id(state)
         if self._refresh_due(state):
             days = self.settings.refresh_after_days
@@ -241,16 +264,65 @@ class Planner:
 
     def _refresh_due(self, state: Mapping[str, t.Any]) -> bool:
         days = self.settings.refresh_after_days
-        submitted = state.get("submitted_at")
-        if days is None or not isinstance(submitted, str):
+        when = _when(state.get("submitted_at"))
+        if days is None or when is None:
             return False
-        try:
-            when = dt.datetime.fromisoformat(submitted)
-        except ValueError:
-            return False
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
         return self.now() - when >= dt.timedelta(days=days)
+
+    def _from_journal(
+        self,
+        entry: BuildEntry,
+        journaled: Submission,
+        decide: Callable[[Action, str | None, str], PlannedJob],
+        *,
+        path: Path,
+        remembered: bool,
+    ) -> PlannedJob | None:
+        """Decide from the journal's newer submission, or None to let state decide."""
+        where = f"journal {path}"
+        if not journaled.confirmed:
+            may_submit, why = unconfirmed_decision(
+                entry, journaled, path, resubmit=self.settings.resubmit_unconfirmed
+            )
+            return decide(Action.SUBMIT if may_submit else Action.BLOCKED, None, why)
+        job_id = journaled.job_id
+        if self._refresh_due({"submitted_at": journaled.submitted_at}):
+            days = self.settings.refresh_after_days
+            return decide(
+                Action.REFRESH,
+                None,
+                f"its job {job_id} ({where}) is older than refresh_after ({days:g} days)",
+            )
+        try:
+            answer = self.api.poll(entry.job_type, str(job_id), None)
+            lost = "failed" if answer.get("status") == "failed" else None
+        except NotFoundError:
+            lost = "is gone (HTTP 404 for this API key)"
+        if lost is not None:
+            why = f"its job {job_id} ({where}) {lost}"
+            return None if remembered else decide(Action.SUBMIT, None, why)
+        reason = f"submitted at {journaled.submitted_at} ({where}), still known to the API"
+        return replace(decide(Action.REATTACH, job_id, reason), submitted_at=journaled.submitted_at)
+
+
+def _when(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _newer(journaled: Submission, state: Mapping[str, t.Any] | None) -> bool:
+    """Whether the journal knows a later submission of the request than the state does."""
+    if state is None:
+        return True
+    if journaled.job_id == _job_id(state):
+        return False  # the same job: the state knows more (done, failed, position)
+    ours, theirs = _when(journaled.submitted_at), _when(state.get("submitted_at"))
+    return ours is not None and (theirs is None or ours > theirs)
 
 
 def _job_id(state: Mapping[str, t.Any]) -> str:

@@ -20,12 +20,14 @@ from tap_openfunnel.exceptions import (
 from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, TrackedJob
 from tap_openfunnel.outcomes import log_summary, row_count_mismatch
 from tap_openfunnel.planner import SUBMITTING, Action
+from tap_openfunnel.submissions import UnconfirmedSubmitError
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from tap_openfunnel.api import JobAPI
     from tap_openfunnel.checkpoint import Checkpoint
+    from tap_openfunnel.journal import Journal
     from tap_openfunnel.planner import Plan, PlannedJob
     from tap_openfunnel.settings import Settings
 
@@ -71,6 +73,7 @@ class Run:
         settings: The tap's settings.
         poller_factory: Builds the poller (tests inject a fake clock and sleep).
         may_submit: False leaves the plan's submits out (the run is a check).
+        journal: Records every submit outside state (None: off).
     """
 
     def __init__(  # noqa: PLR0913 - the run's collaborators, passed in for tests
@@ -82,9 +85,11 @@ class Run:
         poller_factory: Callable[..., JobPoller] = JobPoller,
         *,
         may_submit: bool = True,
+        journal: Journal | None = None,
     ) -> None:
         self.plan = plan
         self.may_submit = may_submit
+        self.journal = journal
         self.api = api
         self.checkpoint = checkpoint
         self.settings = settings
@@ -126,6 +131,9 @@ class Run:
             if planned.action is Action.SKIP:
                 LOGGER.info("%s: %s; skipping.", planned.label, planned.reason)
                 continue
+            if planned.action is Action.BLOCKED:
+                self.fail(JobError(planned.label, planned.reason))
+                continue
             if planned.action in SUBMITTING and not self.may_submit:
                 LOGGER.warning(
                     "%s: not submitted: stdout and stderr are one pipe, as under 'meltano "
@@ -136,9 +144,12 @@ class Run:
                 self.skipped_submits.append(planned)
                 continue
             job_id = self._submit(planned) if planned.action in SUBMITTING else planned.job_id
-            assert job_id is not None  # noqa: S101 - only submits are planned without an id
+            if job_id is None:
+                continue  # a submit another run may have made: failed, with what to do
             if planned.action is Action.REATTACH:
-                LOGGER.info("%s: re-attaching to job %s.", planned.label, job_id)
+                LOGGER.info(
+                    "%s: re-attaching to job %s (%s).", planned.label, job_id, planned.reason
+                )
             self._track(planned, job_id)
 
     def jobs_to_read(self, stream_name: str) -> list[str]:
@@ -153,21 +164,42 @@ class Run:
         self.start()
         return list(self._to_read.get(stream_name, []))
 
-    def _submit(self, planned: PlannedJob) -> str:
+    def _submit(self, planned: PlannedJob) -> str | None:
         entry = planned.entry
         assert entry is not None  # noqa: S101 - submits always come from an entry
         LOGGER.info("%s: submitting (%s).", entry.label, planned.reason)
-        answer = self.api.submit(entry.job_type, entry.body)
-        job_id = answer.get("job_id")
-        if not isinstance(job_id, str) or not job_id:
-            msg = (
-                f"Submitting {entry.label} succeeded (HTTP 2xx) but the answer has no job_id, "
-                "so the job cannot be followed. Check your OpenFunnel jobs before running "
-                "again; attach one by id with 'tam_job_ids' / 'lookalike_job_ids'."
+
+        def send() -> str:
+            answer = self.api.submit(entry.job_type, entry.body)
+            job_id = answer.get("job_id")
+            if not isinstance(job_id, str) or not job_id:
+                msg = (
+                    f"Submitting {entry.label} succeeded (HTTP 2xx) but the answer has no "
+                    "job_id, so the job cannot be followed. Check your OpenFunnel jobs "
+                    "before running again; attach one by id with 'tam_job_ids' / "
+                    "'lookalike_job_ids'."
+                )
+                raise ApiError(msg)
+            return job_id
+
+        sent_here = True
+        if self.journal is None:
+            job_id = send()
+            submitted_at = dt.datetime.now(dt.timezone.utc).isoformat()
+        else:
+            try:
+                outcome = self.journal.submit_once(
+                    entry, send, resubmit_unconfirmed=self.settings.resubmit_unconfirmed
+                )
+            except UnconfirmedSubmitError as exc:
+                self.fail(JobError(entry.label, str(exc)))
+                return None
+            job_id, submitted_at, sent_here = (
+                outcome.job_id,
+                outcome.submitted_at,
+                outcome.sent_here,
             )
-            raise ApiError(msg)
         self.checkpoint.register(job_id, planned.stream_name)
-        submitted_at = dt.datetime.now(dt.timezone.utc).isoformat()
         # The job id is written out before the wait begins.
         self.checkpoint.submitted(
             job_id,
@@ -175,7 +207,16 @@ class Run:
             request=entry.body,
             submitted_at=submitted_at,
         )
-        LOGGER.info("%s: submitted as job %s.", entry.label, job_id)
+        if sent_here:
+            LOGGER.info("%s: submitted as job %s.", entry.label, job_id)
+        else:
+            LOGGER.info(
+                "%s: another run submitted it meanwhile as job %s (journal %s); "
+                "re-attaching to it instead of submitting.",
+                entry.label,
+                job_id,
+                self.journal.path if self.journal else "",
+            )
         self.progress[job_id] = JobProgress(
             job_id,
             entry.job_type,
@@ -184,14 +225,23 @@ class Run:
             request=dict(entry.body),
             fingerprint=entry.fingerprint,
             submitted_at=submitted_at,
-            submitted_this_run=True,
+            submitted_this_run=sent_here,
         )
         return job_id
 
     def _track(self, planned: PlannedJob, job_id: str) -> None:
         self.checkpoint.register(job_id, planned.stream_name)
+        entry = planned.entry
+        if planned.submitted_at is not None and entry is not None:
+            # Found in the journal: this state learns the job too, so that its next run
+            # knows where reading stands and whether the job is read to the end.
+            self.checkpoint.submitted(
+                job_id,
+                fingerprint=entry.fingerprint,
+                request=entry.body,
+                submitted_at=planned.submitted_at,
+            )
         if job_id not in self.progress:
-            entry = planned.entry
             remembered = self.checkpoint.submission(job_id) if entry is not None else {}
             self.progress[job_id] = JobProgress(
                 job_id,

@@ -7,6 +7,7 @@ import ipaddress
 import re
 import typing as t
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
@@ -15,6 +16,7 @@ from tap_openfunnel.budget import cap_setting
 from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.jobs import JobType
+from tap_openfunnel.journal import default_path
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -72,7 +74,7 @@ CONFIG_SCHEMA = th.PropertiesList(
         default=[],
         title="TAM builds",
         description='TAM Builder jobs to submit, as objects {"query": "..."} (1-500 '
-        "characters). Each entry is submitted once; state remembers its job.",
+        "characters). Each entry is submitted once; state and the journal remember its job.",
     ),
     th.Property(
         "lookalike_searches",
@@ -107,6 +109,34 @@ CONFIG_SCHEMA = th.PropertiesList(
         title="Cancel on interrupt",
         description="On SIGINT/SIGTERM, cancel the jobs this run submitted. By default "
         "they keep running and the next run re-attaches to them.",
+    ),
+    th.Property(
+        "journal",
+        th.BooleanType(),
+        default=True,
+        title="Submission journal",
+        description="Remember every submit in a local journal (SQLite) beside Singer "
+        "state, so that another pipeline, a full refresh or a lost state re-attaches to "
+        "the job instead of buying it again, and a run killed mid-submit does not "
+        "submit twice. Off: only the state passed to the run remembers submits.",
+    ),
+    th.Property(
+        "journal_path",
+        th.StringType(min_length=1),
+        title="Journal path",
+        description="The journal file. Unset: $XDG_STATE_HOME/tap-openfunnel/"
+        "journal.sqlite3 (~/.local/state/... without XDG_STATE_HOME). Runs that share "
+        "it never pay twice for one request.",
+    ),
+    th.Property(
+        "unconfirmed_submits",
+        th.StringType(),
+        allowed_values=["fail", "resubmit"],
+        default="fail",
+        title="Unconfirmed submits",
+        description="An entry whose last submit was cut off before OpenFunnel's answer "
+        "was recorded may have been bought: 'fail' (at most once) fails that entry with "
+        "what to do; 'resubmit' (at least once) submits it again.",
     ),
     th.Property(
         "poll_interval",
@@ -249,6 +279,8 @@ class Settings:
     strict_row_count: bool
 
     dry_run: bool
+    journal_path: Path | None = None
+    resubmit_unconfirmed: bool = False
 
     def job_ids(self, job_type: JobType) -> tuple[str, ...]:
         """The jobs configured by id for one family.
@@ -313,6 +345,8 @@ class Settings:
             max_retry_wait=float(value("max_retry_wait")),
             strict_row_count=bool(value("strict_row_count")),
             dry_run=bool(value("dry_run")),
+            journal_path=_journal_path(config),
+            resubmit_unconfirmed=value("unconfirmed_submits") == "resubmit",
         )
 
 
@@ -411,3 +445,10 @@ def _job_ids(config: Mapping[str, t.Any], name: str) -> tuple[str, ...]:
         if job_id not in ids:
             ids.append(job_id)
     return tuple(ids)
+
+
+def _journal_path(config: Mapping[str, t.Any]) -> Path | None:
+    if setting(config, "journal") is False:
+        return None
+    given = config.get("journal_path")
+    return Path(given).expanduser() if isinstance(given, str) and given.strip() else default_path()

@@ -15,6 +15,7 @@ from tap_openfunnel import cli
 from tap_openfunnel.api import JobAPI
 from tap_openfunnel.checkpoint import Checkpoint
 from tap_openfunnel.client import OpenFunnelClient
+from tap_openfunnel.journal import Journal
 from tap_openfunnel.logs import install_secret_filter
 from tap_openfunnel.planner import Planner
 from tap_openfunnel.retries import RetryPolicy
@@ -113,6 +114,19 @@ class TapOpenFunnel(Tap):
             due=self._encoded_state.due,
         )
 
+    @cached_property
+    def journal(self) -> Journal | None:
+        """The submission journal, opened when entries may be submitted (None: off)."""
+        settings = self.settings
+        if settings.journal_path is None or not settings.entries:
+            return None
+        return Journal(
+            settings.journal_path,
+            api_key=settings.api_key,
+            api_url=settings.api_url,
+            read_only=settings.dry_run,
+        )
+
     def make_plan(self) -> Plan:
         """Decide what this run does with each job of the selected company streams.
 
@@ -136,6 +150,7 @@ class TapOpenFunnel(Tap):
             streams,
             # Read without creating entries: the plan must not change state.
             lambda name: self.state.get("bookmarks", {}).get(name, {}).get("partitions", []),
+            journal=self.journal,
         )
         return planner.plan()
 
@@ -149,7 +164,14 @@ class TapOpenFunnel(Tap):
         Returns:
             The run the streams read their jobs from.
         """
-        self._run = Run(plan, self.api, self.checkpoint, self.settings, may_submit=may_submit)
+        self._run = Run(
+            plan,
+            self.api,
+            self.checkpoint,
+            self.settings,
+            may_submit=may_submit,
+            journal=self.journal,
+        )
         return self._run
 
     @property

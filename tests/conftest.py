@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from typing import Any
@@ -15,6 +18,36 @@ from tap_openfunnel.sandbox import FakeOpenFunnel
 # The shared fake server is seeded on purpose: the same job ids, so the same rows, on
 # every test run. Unseeded servers draw new ids on every start.
 SEED = 0
+_SESSION_STATE_HOME = pytest.StashKey[tuple]()
+
+
+def pytest_configure(config):
+    """Before collection: code that builds a tap at import or in a class-scoped fixture
+    (the SDK's suite) finds a private XDG_STATE_HOME too, never the user's home."""
+    folder = tempfile.mkdtemp(prefix="tap-openfunnel-tests-state-")
+    config.stash[_SESSION_STATE_HOME] = (folder, os.environ.get("XDG_STATE_HOME"))
+    os.environ["XDG_STATE_HOME"] = folder
+
+
+def pytest_unconfigure(config):
+    folder, before = config.stash.get(_SESSION_STATE_HOME, (None, None))
+    if folder is None:
+        return
+    if before is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = before
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def private_state_home(tmp_path, monkeypatch):
+    """Every per-user path of every test, and of the taps and Meltano runs it starts,
+    under the test's own folder: the submission journal never lands in the user's home,
+    and no test sees another's submissions."""
+    state_home = tmp_path / "xdg-state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state_home))
+    return state_home
 
 
 @pytest.fixture

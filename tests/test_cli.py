@@ -18,6 +18,8 @@ from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.exceptions import RetriesExhaustedError, UnreachableError
 from tap_openfunnel.retries import RetryPolicy
 from tap_openfunnel.sandbox import JobSpec
+from tap_openfunnel.state_file import STREAM_NAMES
+from tap_openfunnel.tap import TapOpenFunnel
 
 
 def run_cli(tmp_path, config, *args, timeout=60):
@@ -253,3 +255,69 @@ def test_the_connection_test_never_prints_a_balance_that_is_not_a_number(
     assert "an unknown number of credits left" in proc.stderr
     assert "nan credits" not in proc.stderr.lower()
     assert "inf credits" not in proc.stderr.lower()
+
+
+# The --state file in the forms people pass it ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda state: state, id="a-state"),
+        pytest.param(lambda state: {"type": "STATE", "value": state}, id="a-STATE-message"),
+        pytest.param(lambda state: {"singer_state": state}, id="meltano-state-get"),
+    ],
+)
+def test_a_state_in_any_form_people_pass_keeps_its_submits(server, run_tap, wrap):
+    # The journal is off: only the state given can tell that the entry was bought.
+    server.submit_defaults["tam"] = JobSpec(kind="tam", rows=40, running_seconds=0.1)
+    config = base_config(server, tam_builds=[{"query": "devtools"}], journal=False)
+    first = run_tap(config)
+    assert first.returncode == 0, first.stderr
+    second = run_tap(config, state=wrap(first.last_state))
+    assert second.returncode == 0, second.stderr
+    assert server.submit_count("tam") == 1
+    assert second.records("tam_companies") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        pytest.param('{"completed": {"bookmarks": {}}}', "'completed'", id="unknown-top-level"),
+        pytest.param(
+            '{"type": "RECORD", "stream": "jobs", "record": {}}', "'RECORD'", id="a-RECORD"
+        ),
+        pytest.param(
+            '{"bookmarks": {"orders": {"replication_key_value": 3}}}',
+            "another tap's state",
+            id="another-taps-state",
+        ),
+        pytest.param(
+            '{"type": "SCHEMA"}\n{"type": "STATE", "value": {}}\n', "2 JSON lines", id="output"
+        ),
+    ],
+)
+def test_a_state_the_tap_cannot_place_is_refused_never_read_as_empty(
+    server, tmp_path, text, needle
+):
+    config = base_config(server, tam_builds=[{"query": "devtools"}])
+    state_path = tmp_path / "state.json"
+    state_path.write_text(text)
+    run = subprocess.run(
+        tap_command(write_json(tmp_path / "config.json", config), state_path),
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert needle in run.stderr
+    assert "never read as empty" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert server.request_count() == 0
+
+
+def test_the_state_file_knows_every_stream_of_the_tap():
+    tap = TapOpenFunnel(config={"api_key": API_KEY}, parse_env_config=False)
+    assert set(tap.streams) == STREAM_NAMES
