@@ -6,6 +6,8 @@ import json
 import typing as t
 from dataclasses import dataclass
 
+from tap_openfunnel.job_ids import job_id_problem
+
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
@@ -164,6 +166,22 @@ class Checkpoint:
             # produced them resumes: the page is durable now.
             self.promote(self.handed())
 
+    def read_again(self, job_id: str) -> None:
+        """Set a job back to its first page: read whole, it failed a check the user asked for.
+
+        Moving back is never ahead of durable rows, so it is written at once, in BATCH
+        mode too; a position of the job handed but not yet promoted is dropped, so a
+        batch file announced later cannot move the job forward again.
+
+        Args:
+            job_id: The job.
+        """
+        self._handed.pop(job_id, None)
+        state = self._state(job_id)
+        state.update({"rows_read": 0, "next_cursor": None})
+        state.pop("done", None)
+        self._emit()
+
     def handed(self) -> dict[str, Position]:
         """Positions handed downstream but not promoted yet (a snapshot)."""
         return dict(self._handed)
@@ -255,9 +273,9 @@ def _partition_problem(partition: object) -> str | None:
     context = partition.get("context")
     if not isinstance(context, dict):
         return " has no 'context' object"
-    job_id = context.get("job_id")
-    if not isinstance(job_id, str) or not job_id:
-        return ".context.job_id is not a job id"
+    problem = job_id_problem(context.get("job_id"))
+    if problem is not None:
+        return f".context.job_id is {problem}"
     for name, (types, wanted) in _PARTITION_FIELDS.items():
         if name not in partition:
             continue

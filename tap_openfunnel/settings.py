@@ -13,6 +13,7 @@ from singer_sdk import typing as th
 
 from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
+from tap_openfunnel.job_ids import job_id_problem
 from tap_openfunnel.jobs import JobType
 
 if t.TYPE_CHECKING:
@@ -398,12 +399,14 @@ def _is_loopback(host: str) -> bool:
 
 def _job_ids(config: Mapping[str, t.Any], name: str) -> tuple[str, ...]:
     ids: list[str] = []
-    for raw in config.get(name) or ():
-        job_id = str(raw).strip()
-        if not job_id or "/" in job_id or "?" in job_id:
+    for index, raw in enumerate(config.get(name) or ()):
+        job_id = raw.strip() if isinstance(raw, str) else raw
+        problem = job_id_problem(job_id)
+        if problem is not None:
             msg = (
-                f"Setting '{name}' holds {raw!r}, which is not a job id. Use the job_id "
-                "exactly as the submit call returned it (a UUID)."
+                f"Setting '{name}[{index}]' is {problem}. Use the job_id exactly as the "
+                "submit call returned it; the tap refuses other ids so that a poll never "
+                "asks for another path of the API."
             )
             raise ConfigurationError(msg)
         if job_id not in ids:
