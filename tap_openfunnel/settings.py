@@ -364,7 +364,9 @@ def check_api_url(api_url: str) -> str:
             f"https://api.openfunnel.dev, not {api_url!r}. Fix it in the tap's config."
         )
         raise ConfigurationError(msg)
-    if parts.query or parts.fragment or parts.username or parts.password:
+    # Any '@' in the authority is user info, empty user or password included
+    # ('https://@host', 'https://:secret@host'), which urlsplit reports as falsy.
+    if parts.query or parts.fragment or "@" in parts.netloc:
         msg = (
             "Setting 'api_url' must be a plain base URL such as https://api.openfunnel.dev, "
             "without a query string, a fragment or credentials. Remove them from the URL."
