@@ -56,8 +56,9 @@ class Checkpoint:
             batch file holding them has been announced.
         due: Whether a page's new position is worth a STATE line now (None: always).
             A position that is not written at once stays in the state, and goes out
-            with the next STATE line, whoever writes it. A job read to the end, a
-            submit, a failure and a BATCH file are written at once regardless.
+            with the next STATE line, whoever writes it. The end of a job is paced
+            the same way; a submit, a failure, a job set back to be read again and a
+            BATCH file are written at once regardless.
     """
 
     def __init__(
@@ -208,12 +209,10 @@ class Checkpoint:
                 state.pop("next_cursor", None)
             if self._handed.get(job_id) == position:
                 del self._handed[job_id]
-        if (
-            self._due is None
-            or self.hold_until_promoted
-            or any(position.done for position in positions.values())
-            or self._due()
-        ):
+        # A finished job is paced like a page: writing the whole state at every end
+        # would make STATE grow with the square of a run's jobs. The stream writes the
+        # state once its last job is read (see CompanyStream.get_records).
+        if self._due is None or self.hold_until_promoted or self._due():
             self._emit()
 
     def write(self) -> None:

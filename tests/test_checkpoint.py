@@ -6,8 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from support import base_config
 
 from tap_openfunnel.checkpoint import Checkpoint, Position, state_problem
+from tap_openfunnel.sandbox import JobSpec
 
 UUID = "8a8e8a97-8192-48ff-849a-d8a96e949732"
 
@@ -113,3 +115,30 @@ def test_read_again_sets_a_job_back_to_its_first_page_and_writes_it_at_once(hold
     assert checkpoint.position("j") == Position()
     # A batch file announced later cannot move the job forward again.
     assert checkpoint.handed() == {}
+
+
+# STATE output that scales ---------------------------------------------------------
+
+
+def state_output(server, run_tap, jobs: int) -> tuple[int, int, int]:
+    """Run ``jobs`` completed two-row jobs; return STATE bytes, RECORD bytes, last STATE line."""
+    ids = [server.add_job(JobSpec(kind="tam", rows=2)) for _ in range(jobs)]
+    run = run_tap(base_config(server, tam_job_ids=ids))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(run.records("tam_companies")) == 2 * jobs
+    lines = run.stdout.splitlines(keepends=True)
+    states = [len(line.encode()) for line in lines if line.startswith('{"type":"STATE"')]
+    records = sum(len(line.encode()) for line in lines if line.startswith('{"type":"RECORD"'))
+    done = [p for p in run.last_state["bookmarks"]["tam_companies"]["partitions"] if p["done"]]
+    assert len(done) == jobs  # every job's end reached the last STATE line
+    return sum(states), records, states[-1]
+
+
+def test_state_output_grows_linearly_with_the_jobs_of_a_run(server, run_tap):
+    small, small_records, _ = state_output(server, run_tap, 60)
+    large, large_records, last_line = state_output(server, run_tap, 300)
+    # Five times the jobs: about five times the STATE bytes, not twenty-five.
+    assert large < 8 * small, (small, large)
+    # Paced by the records written: STATE never outweighs them by more than its last lines.
+    assert large <= large_records + 3 * last_line, (large, large_records, last_line)
+    assert small_records * 4 < large_records
