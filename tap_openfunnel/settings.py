@@ -174,7 +174,8 @@ CONFIG_SCHEMA = th.PropertiesList(
         th.BooleanType(),
         default=False,
         title="Strict row count",
-        description="Fail a job whose rows read disagree with its manifest, instead of warning.",
+        description="Fail a job whose rows read disagree with its manifest, instead of "
+        "warning. The job is then not marked done: the next run reads it whole again.",
     ),
     th.Property(
         "keep_unknown_fields",
