@@ -283,4 +283,11 @@ def _partition_problem(partition: object) -> str | None:
         # An empty cursor would read from the first page with ranks after rows_read.
         if bad_type or (name == "rows_read" and value < 0) or value == "":
             return f".{name} is {json.dumps(value)[:40]}, not {wanted}"
+    rows = partition.get("rows_read", 0)
+    if rows and partition.get("done") is not True and not partition.get("next_cursor"):
+        # Read from the first page, its rows would be ranked after rows already counted.
+        return (
+            f".rows_read is {rows} without a next_cursor or done: true, a position the "
+            "tap never writes"
+        )
     return None

@@ -41,6 +41,20 @@ REFUSED = [
     pytest.param(state_with(submitted_at=0), ".submitted_at is 0", id="submitted-at-number"),
     pytest.param(state_with(request=[]), ".request is []", id="request-list"),
 ]
+INCONSISTENT = [
+    pytest.param(state_with(rows_read=300), id="rows-read-without-cursor"),
+    pytest.param(state_with(rows_read=300, next_cursor=None), id="rows-read-null-cursor"),
+    pytest.param(state_with(rows_read=300, done=False), id="rows-read-not-done"),
+]
+
+
+@pytest.mark.parametrize("state", INCONSISTENT)
+def test_rows_counted_without_a_place_to_resume_are_refused(state):
+    # A read from the first page would rank its rows after 300 already counted.
+    assert state_problem(state) == (
+        f"{WHERE}.rows_read is 300 without a next_cursor or done: true, a position the tap "
+        "never writes"
+    )
 
 
 @pytest.mark.parametrize(("state", "needle"), REFUSED)
