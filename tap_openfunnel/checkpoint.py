@@ -210,8 +210,9 @@ class Checkpoint:
             if self._handed.get(job_id) == position:
                 del self._handed[job_id]
         # A finished job is paced like a page: writing the whole state at every end
-        # would make STATE grow with the square of a run's jobs. The stream writes the
-        # state once its last job is read (see CompanyStream.get_records).
+        # would make STATE grow with the square of a run's jobs. The SDK writes the
+        # state at the end of every stream (Stream._sync_records), which carries the
+        # last jobs' ends.
         if self._due is None or self.hold_until_promoted or self._due():
             self._emit()
 

@@ -116,9 +116,6 @@ class CompanyStream(OpenFunnelStream):
         run = self._tap.run
         for job_id in run.jobs_to_read(self.name):
             yield from self._read_job(run, job_id)
-        # Positions paced out of a STATE line (jobs read to the end included) go out
-        # now, once, whatever the SDK decides about its own final STATE.
-        run.checkpoint.write()
 
     @override
     def get_batches(
