@@ -34,7 +34,7 @@ from report import (
 )
 from sections import section_a, section_b, section_c, section_d
 from startup import measure_startup
-from state_section import section_f
+from state_section import section_f, section_f_jobs
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     figures["c"] = section_c(bench, scale)
                     figures["d"] = section_d(bench, scale)
                     figures["f"] = section_f(bench, scale)
+                    figures["f_jobs"] = section_f_jobs(bench, scale)
                     figures["g"] = section_cap()
                 if args.peers or args.peers_only:
                     figures["e"] = section_peers(bench, scale.b_rows)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from tap_openfunnel.decoding import decode_page_fields
+from tap_openfunnel.exceptions import ApiError
+from tap_openfunnel.job_ids import job_id_problem
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.pagination import Page
 
@@ -25,7 +27,19 @@ class Endpoints:
     base: str
 
     def job(self, job_id: str) -> str:
-        """The poll path of one job (the id escaped)."""
+        """The poll path of one job: ``base`` and one segment, the id.
+
+        Ids are checked where they enter (config, submit answer, state); this refuses
+        any that got past, and escapes the segment all the same, so no id can make the
+        path name another endpoint.
+
+        Raises:
+            ApiError: The id is not one (nothing is requested).
+        """
+        problem = job_id_problem(job_id)
+        if problem is not None:
+            msg = f"The tap refused to request job {problem}; nothing was sent."
+            raise ApiError(msg)
         return f"{self.base}/{quote(job_id, safe='')}"
 
     def command(self, job_id: str, command: str) -> str:

@@ -6,6 +6,8 @@ import json
 import typing as t
 from dataclasses import dataclass
 
+from tap_openfunnel.job_ids import job_id_problem
+
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
@@ -54,8 +56,9 @@ class Checkpoint:
             batch file holding them has been announced.
         due: Whether a page's new position is worth a STATE line now (None: always).
             A position that is not written at once stays in the state, and goes out
-            with the next STATE line, whoever writes it. A job read to the end, a
-            submit, a failure and a BATCH file are written at once regardless.
+            with the next STATE line, whoever writes it. The end of a job is paced
+            the same way; a submit, a failure, a job set back to be read again and a
+            BATCH file are written at once regardless.
     """
 
     def __init__(
@@ -164,6 +167,22 @@ class Checkpoint:
             # produced them resumes: the page is durable now.
             self.promote(self.handed())
 
+    def read_again(self, job_id: str) -> None:
+        """Set a job back to its first page: read whole, it failed a check the user asked for.
+
+        Moving back is never ahead of durable rows, so it is written at once, in BATCH
+        mode too; a position of the job handed but not yet promoted is dropped, so a
+        batch file announced later cannot move the job forward again.
+
+        Args:
+            job_id: The job.
+        """
+        self._handed.pop(job_id, None)
+        state = self._state(job_id)
+        state.update({"rows_read": 0, "next_cursor": None})
+        state.pop("done", None)
+        self._emit()
+
     def handed(self) -> dict[str, Position]:
         """Positions handed downstream but not promoted yet (a snapshot)."""
         return dict(self._handed)
@@ -190,12 +209,11 @@ class Checkpoint:
                 state.pop("next_cursor", None)
             if self._handed.get(job_id) == position:
                 del self._handed[job_id]
-        if (
-            self._due is None
-            or self.hold_until_promoted
-            or any(position.done for position in positions.values())
-            or self._due()
-        ):
+        # A finished job is paced like a page: writing the whole state at every end
+        # would make STATE grow with the square of a run's jobs. The SDK writes the
+        # state at the end of every stream (Stream._sync_records), which carries the
+        # last jobs' ends.
+        if self._due is None or self.hold_until_promoted or self._due():
             self._emit()
 
     def write(self) -> None:
@@ -255,14 +273,22 @@ def _partition_problem(partition: object) -> str | None:
     context = partition.get("context")
     if not isinstance(context, dict):
         return " has no 'context' object"
-    job_id = context.get("job_id")
-    if not isinstance(job_id, str) or not job_id:
-        return ".context.job_id is not a job id"
+    problem = job_id_problem(context.get("job_id"))
+    if problem is not None:
+        return f".context.job_id is {problem}"
     for name, (types, wanted) in _PARTITION_FIELDS.items():
         if name not in partition:
             continue
         value = partition[name]
         bad_type = not isinstance(value, types) or (bool in types) != isinstance(value, bool)
-        if bad_type or (name == "rows_read" and value < 0):
+        # An empty cursor would read from the first page with ranks after rows_read.
+        if bad_type or (name == "rows_read" and value < 0) or value == "":
             return f".{name} is {json.dumps(value)[:40]}, not {wanted}"
+    rows = partition.get("rows_read", 0)
+    if rows and partition.get("done") is not True and not partition.get("next_cursor"):
+        # Read from the first page, its rows would be ranked after rows already counted.
+        return (
+            f".rows_read is {rows} without a next_cursor or done: true, a position the "
+            "tap never writes"
+        )
     return None

@@ -9,7 +9,10 @@ import msgspec
 
 
 class _PageFields(msgspec.Struct):
-    """The three fields a page read needs; the rest of a poll answer is skipped unbuilt.
+    """The fields a page read needs; the rest of a poll answer is skipped unbuilt.
+
+    ``status`` and ``job_id`` are kept so that every page can be checked to still be
+    the terminal job asked for.
 
     Rows stay plain dicts: RowShaper reads them by field name and reports unknown
     fields, which a typed Struct would silently drop.
@@ -18,6 +21,8 @@ class _PageFields(msgspec.Struct):
     rows: t.Any = None
     next_cursor: t.Any = None
     page: t.Any = None
+    status: t.Any = None
+    job_id: t.Any = None
 
 
 _OBJECT = msgspec.json.Decoder()
@@ -62,7 +67,8 @@ class PageFields(t.NamedTuple):
     """A page answer's fields, and what decoding proved about its text.
 
     Attributes:
-        body: ``rows``, ``next_cursor`` and ``page`` (values as sent, None when absent).
+        body: ``rows``, ``next_cursor``, ``page``, ``status`` and ``job_id`` (values as
+            sent, None when absent).
         text_checked: Every string is valid UTF-8 without NUL (see
             :func:`decode_page_fields`).
     """
@@ -72,7 +78,7 @@ class PageFields(t.NamedTuple):
 
 
 def decode_page_fields(raw: bytes) -> PageFields:
-    """Decode a poll answer into just its page fields: ``rows``, ``next_cursor``, ``page``.
+    """Decode a poll answer into just its page fields (``rows``, ``next_cursor``, ``page``...).
 
     Skipping the manifest and progress fields saves building objects nobody reads on
     every page after the first. msgspec accepts only valid UTF-8 and refuses lone
@@ -83,7 +89,7 @@ def decode_page_fields(raw: bytes) -> PageFields:
         raw: The body.
 
     Returns:
-        The three fields, and whether their text is known clean.
+        The fields, and whether their text is known clean.
 
     Raises:
         UndecodableBodyError: Cut off, not JSON, or not an object.
@@ -92,10 +98,10 @@ def decode_page_fields(raw: bytes) -> PageFields:
         fields = _PAGE.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         body = decode_object(raw)
-        fields_sent = {name: body.get(name) for name in ("rows", "next_cursor", "page")}
+        fields_sent = {name: body.get(name) for name in _PageFields.__struct_fields__}
         return PageFields(fields_sent, text_checked=False)
     return PageFields(
-        {"rows": fields.rows, "next_cursor": fields.next_cursor, "page": fields.page},
+        {name: getattr(fields, name) for name in _PageFields.__struct_fields__},
         text_checked=b"\\u0000" not in raw,
     )
 

@@ -9,6 +9,7 @@ import typing as t
 from dataclasses import dataclass, field
 from enum import Enum
 
+from tap_openfunnel.completeness import check_job_id
 from tap_openfunnel.exceptions import (
     ApiError,
     AuthenticationError,
@@ -248,6 +249,11 @@ class JobPoller:
             raise  # the key itself: every job would fail the same way
         except ApiError as exc:
             job.error = JobError(job.job_id, f"Job {job.job_id}: polling it failed. {exc}")
+            return
+        try:
+            check_job_id(job.job_id, body.get("job_id"), job.cursor)
+        except JobError as exc:
+            job.error = exc
             return
         snapshot = JobSnapshot(
             job_id=job.job_id,

@@ -29,12 +29,16 @@ class Page:
         next_cursor: The next page's name, or None on the last page written so far.
         text_checked: True when decoding already proved every string valid UTF-8
             without NUL, so the record path need not check each one again.
+        status: The job's ``status`` in the same answer, as sent (None: absent).
+        job_id: The ``job_id`` in the same answer, as sent (None: absent).
     """
 
     name: str | None
     rows: list[dict[str, t.Any]]
     next_cursor: str | None
     text_checked: bool = False
+    status: t.Any = None
+    job_id: t.Any = None
 
     @classmethod
     def from_response(cls, body: Mapping[str, t.Any], *, text_checked: bool = False) -> Page:
@@ -75,6 +79,8 @@ class Page:
             rows=kept,
             next_cursor=cursor if isinstance(cursor, str) and cursor else None,
             text_checked=text_checked,
+            status=body.get("status"),
+            job_id=body.get("job_id"),
         )
 
 

@@ -17,6 +17,7 @@ from tap_openfunnel.exceptions import (
     OpenFunnelError,
     RowCountMismatchError,
 )
+from tap_openfunnel.job_ids import job_id_problem
 from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, TrackedJob
 from tap_openfunnel.outcomes import log_summary, row_count_mismatch
 from tap_openfunnel.planner import SUBMITTING, Action
@@ -172,12 +173,14 @@ class Run:
         def send() -> str:
             answer = self.api.submit(entry.job_type, entry.body)
             job_id = answer.get("job_id")
-            if not isinstance(job_id, str) or not job_id:
+            problem = "missing" if job_id is None else job_id_problem(job_id)
+            if problem is not None or not isinstance(job_id, str):
                 msg = (
-                    f"Submitting {entry.label} succeeded (HTTP 2xx) but the answer has no "
-                    "job_id, so the job cannot be followed. Check your OpenFunnel jobs "
-                    "before running again; attach one by id with 'tam_job_ids' / "
-                    "'lookalike_job_ids'."
+                    f"Submitting {entry.label} succeeded (HTTP 2xx) but the answer's job_id "
+                    f"is {problem}, so the job cannot be followed; it may already be billed. "
+                    "Check your OpenFunnel jobs before running again, and attach the job by "
+                    "id with 'tam_job_ids' / 'lookalike_job_ids' rather than submitting it "
+                    "again."
                 )
                 raise ApiError(msg)
             return job_id
@@ -322,20 +325,45 @@ class Run:
         progress.pages_read += 1
         progress.rows_read += rows
 
-    def check_row_count(self, snapshot: JobSnapshot, rows_total: int) -> None:
-        """Compare the rows read over all runs with the manifest's count.
+    def read_whole(self, snapshot: JobSnapshot, rows_total: int) -> None:
+        """End a walk that reached the last page: done, unless a check the user asked for fails.
+
+        A failed check leaves the job to be read again, whole, by the next run.
 
         Args:
             snapshot: The job's terminal snapshot.
             rows_total: Rows read for the job, this run and earlier ones.
         """
+        if self.check_row_count(snapshot, rows_total):
+            self.checkpoint.page_read(snapshot.job_id, next_cursor=None, rows_read=rows_total)
+        else:
+            self.checkpoint.read_again(snapshot.job_id)
+
+    def check_row_count(self, snapshot: JobSnapshot, rows_total: int) -> bool:
+        """Compare the rows read over all runs with the manifest's count.
+
+        Args:
+            snapshot: The job's terminal snapshot.
+            rows_total: Rows read for the job, this run and earlier ones.
+
+        Returns:
+            False when ``strict_row_count`` fails the job (it must not be marked done).
+        """
         problem = row_count_mismatch(snapshot, rows_total)
         if problem is None:
-            return
+            return True
         if self.settings.strict_row_count:
-            self.fail(RowCountMismatchError(snapshot.job_id, problem))
-        else:
-            LOGGER.warning("%s", problem)
+            self.fail(
+                RowCountMismatchError(
+                    snapshot.job_id,
+                    f"{problem} The job is not marked done: the next run reads it again "
+                    "from its first page (same ranks, so upserting targets keep one copy) "
+                    "and fails again until the counts agree or 'strict_row_count' is off.",
+                ),
+            )
+            return False
+        LOGGER.warning("%s", problem)
+        return True
 
     # Outcomes ---------------------------------------------------------------------
 

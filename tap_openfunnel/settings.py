@@ -15,6 +15,7 @@ from singer_sdk import typing as th
 from tap_openfunnel.budget import cap_setting
 from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
+from tap_openfunnel.job_ids import job_id_problem
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.journal import default_path
 
@@ -205,7 +206,8 @@ CONFIG_SCHEMA = th.PropertiesList(
         th.BooleanType(),
         default=False,
         title="Strict row count",
-        description="Fail a job whose rows read disagree with its manifest, instead of warning.",
+        description="Fail a job whose rows read disagree with its manifest, instead of "
+        "warning. The job is then not marked done: the next run reads it whole again.",
     ),
     th.Property(
         "keep_unknown_fields",
@@ -399,7 +401,9 @@ def check_api_url(api_url: str) -> str:
             f"https://api.openfunnel.dev, not {api_url!r}. Fix it in the tap's config."
         )
         raise ConfigurationError(msg)
-    if parts.query or parts.fragment or parts.username or parts.password:
+    # Any '@' in the authority is user info, empty user or password included
+    # ('https://@host', 'https://:secret@host'), which urlsplit reports as falsy.
+    if parts.query or parts.fragment or "@" in parts.netloc:
         msg = (
             "Setting 'api_url' must be a plain base URL such as https://api.openfunnel.dev, "
             "without a query string, a fragment or credentials. Remove them from the URL."
@@ -434,12 +438,14 @@ def _is_loopback(host: str) -> bool:
 
 def _job_ids(config: Mapping[str, t.Any], name: str) -> tuple[str, ...]:
     ids: list[str] = []
-    for raw in config.get(name) or ():
-        job_id = str(raw).strip()
-        if not job_id or "/" in job_id or "?" in job_id:
+    for index, raw in enumerate(config.get(name) or ()):
+        job_id = raw.strip() if isinstance(raw, str) else raw
+        problem = job_id_problem(job_id)
+        if problem is not None:
             msg = (
-                f"Setting '{name}' holds {raw!r}, which is not a job id. Use the job_id "
-                "exactly as the submit call returned it (a UUID)."
+                f"Setting '{name}[{index}]' is {problem}. Use the job_id exactly as the "
+                "submit call returned it; the tap refuses other ids so that a poll never "
+                "asks for another path of the API."
             )
             raise ConfigurationError(msg)
         if job_id not in ids:

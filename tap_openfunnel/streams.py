@@ -12,6 +12,7 @@ from pathlib import Path
 
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
+from tap_openfunnel.completeness import AnswerMismatchError, check_page
 from tap_openfunnel.exceptions import (
     ApiError,
     AuthenticationError,
@@ -155,6 +156,7 @@ class CompanyStream(OpenFunnelStream):
                 first=snapshot.page if snapshot.cursor == cursor else None,
                 total_pages=manifest_pages(snapshot.manifest),
             ):
+                check_page(job_id, snapshot.status, page, cursor)
                 yield from self._shaper.records(
                     page.rows,
                     job_id=job_id,
@@ -165,9 +167,11 @@ class CompanyStream(OpenFunnelStream):
                 # Reached only once every record of the page has been handed on.
                 rows_total += len(page.rows)
                 cursor = page.next_cursor
-                checkpoint.page_read(job_id, next_cursor=cursor, rows_read=rows_total)
+                if cursor is not None:
+                    # The last page's end waits for the checks below: done is final.
+                    checkpoint.page_read(job_id, next_cursor=cursor, rows_read=rows_total)
                 run.page_read(job_id, len(page.rows))
-        except ChangedShapeError as exc:
+        except (ChangedShapeError, AnswerMismatchError) as exc:
             # Raised before the page's first record: state stays before that page.
             run.fail(exc)
             return
@@ -203,7 +207,7 @@ class CompanyStream(OpenFunnelStream):
             return
         finally:
             self._shaper.report(job_id)
-        run.check_row_count(snapshot, rows_total)
+        run.read_whole(snapshot, rows_total)
 
 
 def manifest_pages(manifest: Mapping[str, t.Any]) -> int | None:

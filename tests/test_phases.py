@@ -211,7 +211,7 @@ def test_checkpoint_writes_each_page_at_once_when_records_go_to_stdout():
     assert checkpoint.position("j") == Position(None, 150, done=True)
 
 
-def test_checkpoint_paces_pages_but_never_a_finished_job():
+def test_checkpoint_paces_pages_and_finished_jobs_alike():
     due = {"now": False}
     checkpoint, state, written = make_checkpoint(hold=False, due=lambda: due["now"])
     checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
@@ -227,7 +227,12 @@ def test_checkpoint_paces_pages_but_never_a_finished_job():
     assert len(written) == 1
     checkpoint.write()  # what the signal handler calls: the state as it is
     assert written[-1]["j"]["next_cursor"] == "page_0003"
-    checkpoint.page_read("j", next_cursor=None, rows_read=350)  # the end: at once
+    # The end is paced too (a line per finished job would grow with their square)...
+    checkpoint.page_read("j", next_cursor=None, rows_read=350)
+    assert len(written) == 2
+    assert checkpoint.position("j") == Position(None, 350, done=True)
+    # ...and goes out with the next line, whoever writes it.
+    checkpoint.write()
     assert written[-1]["j"] == {"context": {"job_id": "j"}, "rows_read": 350, "done": True}
 
 

@@ -1,0 +1,158 @@
+"""The checkpoint's state: what a state file may hold, and how a job's position moves."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from support import base_config
+
+from tap_openfunnel.checkpoint import Checkpoint, Position, state_problem
+from tap_openfunnel.sandbox import JobSpec
+
+UUID = "8a8e8a97-8192-48ff-849a-d8a96e949732"
+
+
+def state_with(**fields: Any) -> dict[str, Any]:
+    return {
+        "bookmarks": {"tam_companies": {"partitions": [{"context": {"job_id": UUID}, **fields}]}}
+    }
+
+
+WHERE = "bookmarks.tam_companies.partitions[0]"
+
+REFUSED = [
+    pytest.param(state_with(rows_read=-1), ".rows_read is -1", id="rows-read-negative"),
+    pytest.param(state_with(rows_read=1.5), ".rows_read is 1.5", id="rows-read-fraction"),
+    pytest.param(state_with(rows_read=2.0), ".rows_read is 2.0", id="rows-read-float"),
+    pytest.param(state_with(rows_read=True), ".rows_read is true", id="rows-read-bool"),
+    pytest.param(state_with(rows_read="300"), '.rows_read is "300"', id="rows-read-string"),
+    pytest.param(state_with(rows_read=None), ".rows_read is null", id="rows-read-null"),
+    pytest.param(state_with(next_cursor=3), ".next_cursor is 3", id="cursor-number"),
+    pytest.param(state_with(next_cursor=False), ".next_cursor is false", id="cursor-bool"),
+    pytest.param(state_with(next_cursor=["p"]), '.next_cursor is ["p"]', id="cursor-list"),
+    pytest.param(state_with(next_cursor=""), '.next_cursor is ""', id="cursor-empty"),
+    pytest.param(state_with(done="yes"), '.done is "yes"', id="done-string"),
+    pytest.param(state_with(done=1), ".done is 1", id="done-number"),
+    pytest.param(state_with(failed=0), ".failed is 0", id="failed-number"),
+    pytest.param(state_with(origin=5), ".origin is 5", id="origin-number"),
+    pytest.param(state_with(fingerprint=None), ".fingerprint is null", id="fingerprint-null"),
+    pytest.param(state_with(submitted_at=0), ".submitted_at is 0", id="submitted-at-number"),
+    pytest.param(state_with(request=[]), ".request is []", id="request-list"),
+]
+INCONSISTENT = [
+    pytest.param(state_with(rows_read=300), id="rows-read-without-cursor"),
+    pytest.param(state_with(rows_read=300, next_cursor=None), id="rows-read-null-cursor"),
+    pytest.param(state_with(rows_read=300, done=False), id="rows-read-not-done"),
+]
+
+
+@pytest.mark.parametrize("state", INCONSISTENT)
+def test_rows_counted_without_a_place_to_resume_are_refused(state):
+    # A read from the first page would rank its rows after 300 already counted.
+    assert state_problem(state) == (
+        f"{WHERE}.rows_read is 300 without a next_cursor or done: true, a position the tap "
+        "never writes"
+    )
+
+
+@pytest.mark.parametrize(("state", "needle"), REFUSED)
+def test_a_partition_field_of_the_wrong_kind_is_named(state, needle):
+    problem = state_problem(state)
+    assert problem is not None
+    assert problem.startswith(f"{WHERE}{needle}, not ")
+
+
+def job(job_id: object) -> dict[str, Any]:
+    return {"bookmarks": {"tam_companies": {"partitions": [{"context": {"job_id": job_id}}]}}}
+
+
+@pytest.mark.parametrize(
+    "job_id", ["", ".", "..", "a/b", "../../credits/balance", "%2e", "a b", "x" * 129, 5, None]
+)
+def test_a_job_id_in_state_that_could_leave_its_path_segment_is_refused(job_id):
+    problem = state_problem(job(job_id))
+    assert problem is not None
+    assert problem.startswith(f"{WHERE}.context.job_id is ")
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {},
+        {"bookmarks": {}},
+        state_with(),
+        state_with(next_cursor="page_0003", rows_read=300),
+        state_with(next_cursor=None, rows_read=0),
+        state_with(rows_read=500, done=True, failed=False, origin="submitted"),
+        state_with(fingerprint="ab" * 32, submitted_at="2026-01-01T00:00:00+00:00", request={}),
+        job("good-job_1"),
+    ],
+)
+def test_a_state_the_tap_writes_is_accepted(state):
+    assert state_problem(state) is None
+
+
+# The position --------------------------------------------------------------------
+
+
+def make_checkpoint(*, hold: bool = False) -> tuple[Checkpoint, dict[str, Any], list[str]]:
+    partitions: dict[str, dict[str, Any]] = {}
+    written: list[str] = []
+
+    def partition(stream: str, job_id: str) -> dict[str, Any]:
+        return partitions.setdefault(job_id, {"context": {"job_id": job_id}})
+
+    checkpoint = Checkpoint(
+        partition, lambda: written.append(json.dumps(partitions)), hold_until_promoted=hold
+    )
+    checkpoint.register("j", "tam_companies")
+    return checkpoint, partitions, written
+
+
+@pytest.mark.parametrize("hold", [False, True], ids=["records", "batch"])
+def test_read_again_sets_a_job_back_to_its_first_page_and_writes_it_at_once(hold):
+    checkpoint, _, written = make_checkpoint(hold=hold)
+    checkpoint.page_read("j", next_cursor="page_0004", rows_read=400)
+    if hold:
+        checkpoint.promote(checkpoint.handed())
+    checkpoint.page_read("j", next_cursor="page_0005", rows_read=500)  # not durable yet in BATCH
+    before = len(written)
+    checkpoint.read_again("j")
+    assert len(written) > before
+    assert json.loads(written[-1])["j"] == {
+        "context": {"job_id": "j"},
+        "rows_read": 0,
+        "next_cursor": None,
+    }
+    assert checkpoint.position("j") == Position()
+    # A batch file announced later cannot move the job forward again.
+    assert checkpoint.handed() == {}
+
+
+# STATE output that scales ---------------------------------------------------------
+
+
+def state_output(server, run_tap, jobs: int) -> tuple[int, int, int]:
+    """Run ``jobs`` completed two-row jobs; return STATE bytes, RECORD bytes, last STATE line."""
+    ids = [server.add_job(JobSpec(kind="tam", rows=2)) for _ in range(jobs)]
+    run = run_tap(base_config(server, tam_job_ids=ids))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert len(run.records("tam_companies")) == 2 * jobs
+    lines = run.stdout.splitlines(keepends=True)
+    states = [len(line.encode()) for line in lines if line.startswith('{"type":"STATE"')]
+    records = sum(len(line.encode()) for line in lines if line.startswith('{"type":"RECORD"'))
+    done = [p for p in run.last_state["bookmarks"]["tam_companies"]["partitions"] if p["done"]]
+    assert len(done) == jobs  # every job's end reached the last STATE line
+    return sum(states), records, states[-1]
+
+
+def test_state_output_grows_linearly_with_the_jobs_of_a_run(server, run_tap):
+    small, small_records, _ = state_output(server, run_tap, 60)
+    large, large_records, last_line = state_output(server, run_tap, 300)
+    # Five times the jobs: about five times the STATE bytes, not twenty-five.
+    assert large < 8 * small, (small, large)
+    # Paced by the records written: STATE never outweighs them by more than its last lines.
+    assert large <= large_records + 3 * last_line, (large, large_records, last_line)
+    assert small_records * 4 < large_records
