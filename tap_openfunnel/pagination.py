@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tap_openfunnel import signals
+from tap_openfunnel.bounds import check_page
 from tap_openfunnel.exceptions import MalformedPageError, PageSequenceError
 
 if t.TYPE_CHECKING:
@@ -50,6 +51,7 @@ class Page:
         rows = body.get("rows")
         cursor = body.get("next_cursor")
         name = body.get("page")
+        check_page(name, cursor, rows)
         if rows is not None and not isinstance(rows, list):
             msg = (
                 f"the answer for page {name!r} has 'rows' of type {type(rows).__name__}, "

@@ -17,6 +17,7 @@ from tap_openfunnel.exceptions import (
     RowCountMismatchError,
 )
 from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, TrackedJob
+from tap_openfunnel.logs import shown
 from tap_openfunnel.outcomes import log_summary, row_count_mismatch
 from tap_openfunnel.planner import SUBMITTING, Action
 
@@ -210,7 +211,7 @@ class Run:
             return None
         if snapshot.status == JobStatus.FAILED.value:
             self.checkpoint.failed(job_id)
-            reason = snapshot.body.get("error_message") or "no error_message given"
+            reason = shown(snapshot.body.get("error_message") or "no error_message given")
             self.fail(
                 JobFailedError(
                     job_id,
@@ -225,7 +226,7 @@ class Run:
                 "Job %s was cancelled: extracting the %s companies delivered before the "
                 "cancel. The set is partial (see the jobs stream).",
                 job_id,
-                snapshot.body.get("processed", "?"),
+                shown(snapshot.body.get("processed", "?"), 40),
             )
         return snapshot
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
+from tap_openfunnel.bounds import check_job_ids
 from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.jobs import JobType
@@ -144,6 +145,15 @@ CONFIG_SCHEMA = th.PropertiesList(
         description="Seconds to wait for an answer to one request.",
     ),
     th.Property(
+        "max_response_mib",
+        th.IntegerType(minimum=1, maximum=4096),
+        default=64,
+        title="Max answer size (MiB)",
+        description="Largest API answer the tap reads, once decompressed; a larger one "
+        "fails its job (read no further). Memory use grows with it: up to twice "
+        "page_concurrency answers are held at once.",
+    ),
+    th.Property(
         "max_retries",
         th.IntegerType(minimum=0, maximum=50),
         default=8,
@@ -242,6 +252,7 @@ class Settings:
     job_timeout: float
     page_concurrency: int
     request_timeout: float
+    max_response_mib: int
     max_retries: int
     max_retry_wait: float
     strict_row_count: bool
@@ -307,6 +318,7 @@ class Settings:
             job_timeout=float(value("job_timeout")),
             page_concurrency=int(value("page_concurrency")),
             request_timeout=float(value("request_timeout")),
+            max_response_mib=int(value("max_response_mib")),
             max_retries=int(value("max_retries")),
             max_retry_wait=float(value("max_retry_wait")),
             strict_row_count=bool(value("strict_row_count")),
@@ -398,6 +410,7 @@ def _is_loopback(host: str) -> bool:
 
 def _job_ids(config: Mapping[str, t.Any], name: str) -> tuple[str, ...]:
     ids: list[str] = []
+    check_job_ids(config.get(name) or (), name)
     for raw in config.get(name) or ():
         job_id = str(raw).strip()
         if not job_id or "/" in job_id or "?" in job_id:
