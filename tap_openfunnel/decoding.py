@@ -219,10 +219,13 @@ def _flatten(raw: bytes | str, lost: _Lost) -> bytes | None:
 
 
 def _scrub_top(body: dict[str, t.Any], lost: _Lost) -> dict[str, t.Any]:
-    # Top-level text is the answer's own (status, page, next_cursor): kept as sent for
-    # the checks that read it; a cursor holding the key is refused there.
+    # The answer's own fields (status, page) are kept whole for the checks that read
+    # them, the key hidden; next_cursor is kept as sent: a cursor holding the key is
+    # refused where the page is read (bounds.check_page), not followed as "***".
     return {
-        key: _scrub(value, lost) if isinstance(value, (dict, list)) else value
+        key: value
+        if key == "next_cursor"
+        else (redact(value) if isinstance(value, str) else _scrub(value, lost))
         for key, value in body.items()
     }
 
