@@ -219,26 +219,41 @@ def _flatten(raw: bytes | str, lost: _Lost) -> bytes | None:
 
 
 def _scrub_top(body: dict[str, t.Any], lost: _Lost) -> dict[str, t.Any]:
-    # The answer's own fields (status, page) are kept whole for the checks that read
-    # them, the key hidden; next_cursor is kept as sent: a cursor holding the key is
-    # refused where the page is read (bounds.check_page), not followed as "***".
-    return {
-        key: value
-        if key == "next_cursor"
-        else (redact(value) if isinstance(value, str) else _scrub(value, lost))
-        for key, value in body.items()
-    }
+    """Hide the API key in every string and key, and null strings too long, in place.
+
+    The answer's own fields (status, page) are kept whole for the checks that read
+    them, the key hidden; next_cursor is kept as sent: a cursor holding the key is
+    refused where the page is read (bounds.check_page), not followed as "***". The walk
+    keeps its own stack: a value nested as deep as the decoder allows must not exhaust
+    Python's.
+    """
+    stack: list[list[t.Any] | dict[t.Any, t.Any]] = []
+    for key, value in body.items():
+        if isinstance(value, str) and key != "next_cursor":
+            body[key] = redact(value)
+        elif isinstance(value, (list, dict)):
+            stack.append(value)
+    while stack:
+        _scrub_node(stack.pop(), lost, stack)
+    return body
 
 
-def _scrub(value: object, lost: _Lost) -> object:
-    """Hide the API key in every string and key; strings too long become null."""
-    if isinstance(value, str):
-        if len(value) > MAX_STRING_CHARS:
-            lost.long += 1
-            return None
-        return redact(value)
-    if isinstance(value, list):
-        return [_scrub(item, lost) for item in value]
-    if isinstance(value, dict):
-        return {redact(str(key)): _scrub(item, lost) for key, item in value.items()}
-    return value
+def _scrub_node(node: list[t.Any] | dict[t.Any, t.Any], lost: _Lost, stack: list[t.Any]) -> None:
+    """One container of :func:`_scrub_top`'s walk; the containers inside go on ``stack``."""
+    if isinstance(node, dict):
+        if any(isinstance(key, str) and redact(key) != key for key in node):
+            renamed = [(redact(key), value) for key, value in node.items()]
+            node.clear()
+            node.update(renamed)
+        slots: t.Iterable[t.Any] = list(node.items())
+    else:
+        slots = enumerate(node)
+    for slot, value in slots:
+        if isinstance(value, str):
+            if len(value) > MAX_STRING_CHARS:
+                lost.long += 1
+                node[slot] = None
+            else:
+                node[slot] = redact(value)
+        elif isinstance(value, (list, dict)):
+            stack.append(value)

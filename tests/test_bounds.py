@@ -242,3 +242,15 @@ def test_too_many_job_ids_are_refused_with_the_bound(count, refused):
             Settings.from_config(config)
     else:
         assert len(Settings.from_config(config).lookalike_job_ids) == count
+
+
+def test_the_key_is_hidden_however_deep_the_decoder_went(secret):
+    # msgspec decodes nearly 1,000 levels: the walk must not need a Python frame per level.
+    depth = 950
+    raw = ('{"rows": [{"x": ' + "[" * depth + f'"{API_KEY}"' + "]" * depth + "}]}").encode()
+    for decode in (decode_object, decode_page_fields):
+        got = decode(raw)
+        value = (got if isinstance(got, dict) else got.body)["rows"][0]["x"]
+        while isinstance(value, list):
+            (value,) = value
+        assert value == "***"
