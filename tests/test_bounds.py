@@ -254,3 +254,24 @@ def test_the_key_is_hidden_however_deep_the_decoder_went(secret):
         while isinstance(value, list):
             (value,) = value
         assert value == "***"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"rows": [1, {"name": "A"}]}, id="rows-not-objects-warning"),
+        pytest.param({"rows": "oops"}, id="rows-not-a-list"),
+        pytest.param({"rows": [], "next_cursor": 7}, id="cursor-not-text"),
+    ],
+)
+def test_a_page_name_is_escaped_wherever_it_is_quoted(caplog, body):
+    name = "page_0001\n2026-12-04 ERROR forged\x1b[2J"
+    try:
+        Page.from_response({**body, "page": name})
+    except MalformedPageError as exc:
+        said = str(exc)
+    else:
+        said = caplog.text
+    assert "page_0001\\x0a2026-12-04 ERROR forged\\x1b[2J" in said
+    assert "\x1b" not in said
+    assert "\n2026-12-04 ERROR forged" not in said
