@@ -22,6 +22,7 @@ from tap_openfunnel.exceptions import (
     RetriesExhaustedError,
     UnreachableError,
 )
+from tap_openfunnel.logs import shown
 from tap_openfunnel.responses import fatal_error, parse_retry_after
 from tap_openfunnel.retries import RetriableError, RetryPolicy
 
@@ -333,7 +334,8 @@ class OpenFunnelClient:
                 retry_after=parse_retry_after(response),
             )
         if 300 <= status < 400:  # noqa: PLR2004
-            location = urlsplit(response.headers.get("Location", "")).netloc or "elsewhere"
+            location = shown(urlsplit(response.headers.get("Location", "")).netloc, 80)
+            location = location or "elsewhere"
             msg = (
                 f"{path} answered HTTP {status}, a redirect to {location}. The tap does not "
                 "follow redirects, so the API key is never sent to another address. Set "

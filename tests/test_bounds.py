@@ -24,7 +24,7 @@ from tap_openfunnel.bounds import (
 )
 from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.decoding import decode_object, decode_page_fields
-from tap_openfunnel.exceptions import ConfigurationError, MalformedPageError
+from tap_openfunnel.exceptions import ApiError, ConfigurationError, MalformedPageError
 from tap_openfunnel.pagination import Page
 from tap_openfunnel.responses import api_detail
 from tap_openfunnel.settings import Settings
@@ -275,3 +275,15 @@ def test_a_page_name_is_escaped_wherever_it_is_quoted(caplog, body):
     assert "page_0001\\x0a2026-12-04 ERROR forged\\x1b[2J" in said
     assert "\x1b" not in said
     assert "\n2026-12-04 ERROR forged" not in said
+
+
+def test_a_redirect_target_is_quoted_escaped():
+    response = requests.Response()
+    response.status_code = 302
+    response.headers["Location"] = "http://evil\x1b[2J.example/steal"
+    response._content = b""
+    client = OpenFunnelClient(api_url="http://127.0.0.1:9", api_key=API_KEY)
+    with pytest.raises(ApiError, match="redirect") as caught:
+        client.validate_response(response, "/api/v1/tam/build/j")
+    assert "evil\\x1b[2J.example" in str(caught.value)
+    assert "\x1b" not in str(caught.value)
