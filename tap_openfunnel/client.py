@@ -334,8 +334,7 @@ class OpenFunnelClient:
                 retry_after=parse_retry_after(response),
             )
         if 300 <= status < 400:  # noqa: PLR2004
-            location = shown(urlsplit(response.headers.get("Location", "")).netloc, 80)
-            location = location or "elsewhere"
+            location = shown(_host_of(response.headers.get("Location", "")), 80) or "elsewhere"
             msg = (
                 f"{path} answered HTTP {status}, a redirect to {location}. The tap does not "
                 "follow redirects, so the API key is never sent to another address. Set "
@@ -354,6 +353,14 @@ def _decoded(raw: bytes, decode: Callable[[bytes], T]) -> T:
         # A body cut short by the server, or an HTML error page from a proxy.
         msg = f"2xx with {exc.reason}"
         raise RetriableError(msg) from None
+
+
+def _host_of(location: str) -> str:
+    # The server's header: "http://[x" is refused by urlsplit (an unclosed IPv6 bracket).
+    try:
+        return urlsplit(location).netloc
+    except ValueError:
+        return ""
 
 
 def _describe(exc: requests.exceptions.ConnectionError) -> str:

@@ -277,13 +277,23 @@ def test_a_page_name_is_escaped_wherever_it_is_quoted(caplog, body):
     assert "\n2026-12-04 ERROR forged" not in said
 
 
-def test_a_redirect_target_is_quoted_escaped():
+@pytest.mark.parametrize(
+    ("location", "named"),
+    [
+        pytest.param(
+            "http://evil\x1b]0;x\x07.example/steal", "evil\\x1b]0;x\\x07.example", id="ansi"
+        ),
+        # urlsplit refuses an unclosed IPv6 bracket: no traceback, just no host named.
+        pytest.param("http://evil\x1b[2J.example/", "a redirect to elsewhere", id="unsplittable"),
+    ],
+)
+def test_a_redirect_target_is_quoted_escaped(location, named):
     response = requests.Response()
     response.status_code = 302
-    response.headers["Location"] = "http://evil\x1b[2J.example/steal"
+    response.headers["Location"] = location
     response._content = b""
     client = OpenFunnelClient(api_url="http://127.0.0.1:9", api_key=API_KEY)
     with pytest.raises(ApiError, match="redirect") as caught:
         client.validate_response(response, "/api/v1/tam/build/j")
-    assert "evil\\x1b[2J.example" in str(caught.value)
+    assert named in str(caught.value)
     assert "\x1b" not in str(caught.value)
