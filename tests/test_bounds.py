@@ -280,9 +280,7 @@ def test_a_page_name_is_escaped_wherever_it_is_quoted(caplog, body):
 @pytest.mark.parametrize(
     ("location", "named"),
     [
-        pytest.param(
-            "http://evil\x1b]0;x\x07.example/steal", "evil\\x1b]0;x\\x07.example", id="ansi"
-        ),
+        pytest.param("http://evil\x1bc\x07.example/steal", "evil\\x1bc\\x07.example", id="ansi"),
         # urlsplit refuses an unclosed IPv6 bracket: no traceback, just no host named.
         pytest.param("http://evil\x1b[2J.example/", "a redirect to elsewhere", id="unsplittable"),
     ],
