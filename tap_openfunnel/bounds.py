@@ -33,6 +33,10 @@ MAX_CURSOR_CHARS = 256
 # Job ids in one config setting.
 MAX_JOB_IDS = 10_000
 _CHUNK = 64 * 1024
+# What the tap asks for (Accept-Encoding) and can inflate a chunk at a time with zlib;
+# urllib3 would decode brotli or zstd too, without a bound on older libraries.
+ACCEPTED_ENCODINGS = "gzip, deflate"
+_BOUNDED_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
 
 
 class ResponseTooLargeError(ApiError):
@@ -43,7 +47,8 @@ def read_capped(response: requests.Response, limit: int, path: str) -> bytes:
     """Read a streamed answer's body, decompressed, giving up once it passes ``limit`` bytes.
 
     urllib3 inflates at most one chunk's worth of output per read, so a small gzip body
-    that would inflate to gigabytes is stopped after ``limit`` bytes plus one chunk.
+    that would inflate to gigabytes is stopped after ``limit`` bytes plus one chunk. An
+    encoding the tap did not ask for is refused unread.
     The body is kept as the response's content (the error paths read it from there).
 
     Args:
@@ -56,7 +61,17 @@ def read_capped(response: requests.Response, limit: int, path: str) -> bytes:
 
     Raises:
         ResponseTooLargeError: The body passed ``limit``; the connection is closed.
+        ApiError: An encoding other than gzip or deflate.
     """
+    encodings = response.headers.get("Content-Encoding", "").lower().replace(" ", "")
+    if any(encoding not in _BOUNDED_ENCODINGS for encoding in encodings.split(",")):
+        response.close()
+        msg = (
+            f"{path} answered with Content-Encoding {shown(encodings, 40)}, which the tap "
+            "did not ask for (it asks for gzip or deflate, the encodings it can inflate "
+            "within 'max_response_mib'). Report this to OpenFunnel."
+        )
+        raise ApiError(msg, status=response.status_code, path=path)
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(_CHUNK):

@@ -13,7 +13,7 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from tap_openfunnel import __version__
-from tap_openfunnel.bounds import MIB, read_capped
+from tap_openfunnel.bounds import ACCEPTED_ENCODINGS, MIB, read_capped
 from tap_openfunnel.deadlines import DeadlineAdapter, deadline
 from tap_openfunnel.decoding import UndecodableBodyError, decode_object
 from tap_openfunnel.exceptions import (
@@ -86,6 +86,7 @@ class OpenFunnelClient:
             {
                 "X-API-Key": self._api_key,
                 "Accept": "application/json",
+                "Accept-Encoding": ACCEPTED_ENCODINGS,
                 "User-Agent": f"tap-openfunnel/{__version__}",
             },
         )

@@ -101,6 +101,14 @@ def test_a_gzip_bomb_is_read_no_further_than_the_bound(serve):
     assert peak < 8 * MIB, f"peak {peak / MIB:.1f} MiB"
 
 
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, br"])
+def test_an_encoding_the_tap_did_not_ask_for_is_refused_unread(serve, encoding):
+    # A brotli or zstd bomb would be inflated without a bound by older libraries.
+    client = serve(Streamed(iter([b"\x00" * 1024] * 4), encoding=encoding))
+    with pytest.raises(ApiError, match=f"Content-Encoding {encoding.replace(' ', '')}, which"):
+        client.get("/page")
+
+
 @pytest.mark.parametrize(
     ("size", "refused"),
     [pytest.param(MIB, False, id="at-the-bound"), pytest.param(MIB + 1, True, id="one-byte-more")],
