@@ -120,8 +120,12 @@ class JobAPI:
             The page.
         """
         params = {"cursor": cursor} if cursor else None
+        where = f"Job {job_id}, page {cursor or 'page_0000'}"
         fields = self.client.get_decoded(
-            ENDPOINTS[job_type].job(job_id), params, decode_page_fields, body=body
+            ENDPOINTS[job_type].job(job_id),
+            params,
+            lambda raw: decode_page_fields(raw, where),
+            body=body,
         )
         return Page.from_response(fields.body, text_checked=fields.text_checked)
 

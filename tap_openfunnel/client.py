@@ -13,6 +13,7 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from tap_openfunnel import __version__
+from tap_openfunnel.bounds import ACCEPTED_ENCODINGS, MIB, read_capped
 from tap_openfunnel.deadlines import DeadlineAdapter, deadline
 from tap_openfunnel.decoding import UndecodableBodyError, decode_object
 from tap_openfunnel.exceptions import (
@@ -21,6 +22,7 @@ from tap_openfunnel.exceptions import (
     RetriesExhaustedError,
     UnreachableError,
 )
+from tap_openfunnel.logs import shown
 from tap_openfunnel.responses import fatal_error, parse_retry_after
 from tap_openfunnel.retries import RetriableError, RetryPolicy
 
@@ -51,22 +53,25 @@ class OpenFunnelClient:
         api_url: Base URL (already checked by :func:`~tap_openfunnel.settings.check_api_url`).
         api_key: Sent as ``X-API-Key``; never logged.
         timeout: Read timeout per request, in seconds.
+        max_bytes: The largest body read, once decompressed (``max_response_mib``).
         retry: The retry policy for idempotent requests.
         pool_size: Connections kept open (at least the page concurrency).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only, each a setting
         self,
         *,
         api_url: str,
         api_key: str,
         timeout: float = 60.0,
+        max_bytes: int = 64 * MIB,
         retry: RetryPolicy | None = None,
         pool_size: int = 10,
     ) -> None:
         self.api_url = api_url
         self._api_key = api_key
         self.timeout = timeout
+        self.max_bytes = max_bytes
         self.retry = retry or RetryPolicy()
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._rng_lock = threading.Lock()
@@ -81,6 +86,7 @@ class OpenFunnelClient:
             {
                 "X-API-Key": self._api_key,
                 "Accept": "application/json",
+                "Accept-Encoding": ACCEPTED_ENCODINGS,
                 "User-Agent": f"tap-openfunnel/{__version__}",
             },
         )
@@ -101,7 +107,7 @@ class OpenFunnelClient:
         Returns:
             The decoded JSON object.
         """
-        return self.get_decoded(path, params, decode_object)
+        return self.get_decoded(path, params, lambda raw: decode_object(raw, f"GET {path}"))
 
     def get_bytes(self, path: str, params: Mapping[str, str] | None = None) -> bytes:
         """GET with retries, returning the body undecoded.
@@ -267,7 +273,8 @@ class OpenFunnelClient:
     ) -> bytes:
         url = f"{self.api_url}{path}"
         # request_timeout bounds the whole request (connect, headers, whole body), not
-        # only each socket read: a trickled answer cannot hold the run.
+        # only each socket read: a trickled answer cannot hold the run. The body is
+        # streamed, and read no further than max_bytes once decompressed.
         with deadline(self.timeout) as limit:
             try:
                 response = (session or self.session).request(
@@ -279,7 +286,9 @@ class OpenFunnelClient:
                     # A redirect would carry X-API-Key to wherever it points: requests
                     # strips only the Authorization header on cross-host redirects.
                     allow_redirects=False,
+                    stream=True,
                 )
+                read_capped(response, self.max_bytes, path)
             except (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError) as exc:
                 # Both fail before a request line is written.
                 raise RetriableError(type(exc).__name__, sent=False) from None
@@ -326,7 +335,7 @@ class OpenFunnelClient:
                 retry_after=parse_retry_after(response),
             )
         if 300 <= status < 400:  # noqa: PLR2004
-            location = urlsplit(response.headers.get("Location", "")).netloc or "elsewhere"
+            location = shown(_host_of(response.headers.get("Location", "")), 80) or "elsewhere"
             msg = (
                 f"{path} answered HTTP {status}, a redirect to {location}. The tap does not "
                 "follow redirects, so the API key is never sent to another address. Set "
@@ -345,6 +354,14 @@ def _decoded(raw: bytes, decode: Callable[[bytes], T]) -> T:
         # A body cut short by the server, or an HTML error page from a proxy.
         msg = f"2xx with {exc.reason}"
         raise RetriableError(msg) from None
+
+
+def _host_of(location: str) -> str:
+    # The server's header: "http://[x" is refused by urlsplit (an unclosed IPv6 bracket).
+    try:
+        return urlsplit(location).netloc
+    except ValueError:
+        return ""
 
 
 def _describe(exc: requests.exceptions.ConnectionError) -> str:

@@ -19,6 +19,7 @@ from tap_openfunnel.exceptions import (
     NotFoundError,
     RetriesExhaustedError,
 )
+from tap_openfunnel.logs import shown
 from tap_openfunnel.pagination import Page
 
 if t.TYPE_CHECKING:
@@ -318,10 +319,10 @@ class JobPoller:
         if status not in KNOWN_STATUSES and status not in job.warned:
             job.warned.add(status)
             LOGGER.warning(
-                "Job %s reports status %r, which the tap does not know; treating it as "
+                "Job %s reports status '%s', which the tap does not know; treating it as "
                 "still in progress.",
                 job.job_id,
-                status,
+                shown(status, 40),
             )
         if status == JobStatus.PAUSED.value and status not in job.warned:
             job.warned.add(status)
@@ -333,13 +334,16 @@ class JobPoller:
                 self.job_timeout,
             )
         body = snapshot.body
-        parts = [f"status {status}"]
+        # Every piece is the server's text: escaped and cut (logs.shown).
+        parts = [f"status {shown(status, 40)}"]
         if body.get("processed") is not None:
-            parts.append(f"{body['processed']} processed")
+            parts.append(f"{shown(body['processed'], 40)} processed")
         if body.get("bands_total"):
-            parts.append(f"bands {body.get('bands_done')}/{body['bands_total']}")
+            parts.append(
+                f"bands {shown(body.get('bands_done'), 20)}/{shown(body['bands_total'], 20)}"
+            )
         if body.get("progress_message"):
-            parts.append(repr(body["progress_message"]))
+            parts.append(f"'{shown(body['progress_message'])}'")
         elapsed = self._clock() - job.started
         LOGGER.info(
             "Job %s (%s): %s; waited %.0f s of %.0f s.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from urllib.parse import quote
 
@@ -11,6 +12,12 @@ from tap_openfunnel.exceptions import OpenFunnelError
 
 _MASK = "***"
 _SECRET_FORMS: tuple[str, ...] = ()
+_SECRET_IN_JSON: tuple[bytes, re.Pattern[bytes], re.Pattern[bytes]] | None = None
+# The longest piece of API text a log line or message quotes (see docs/reference.md).
+MAX_SHOWN_CHARS = 200
+# C0 and C1 controls (newlines and ANSI escapes among them), and the Unicode line
+# separators and direction overrides that make a terminal show other text than sent.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # Logged by the SDK's Stream.sync (singer_sdk/streams/core.py) for any exception.
 _SDK_STREAM_ERROR = "An unhandled error occurred while syncing '%s'"
 
@@ -87,16 +94,87 @@ def redact(text: str, forms: tuple[str, ...] | None = None) -> str:
     return text
 
 
+def shown(text: object, limit: int = MAX_SHOWN_CHARS) -> str:
+    r"""Text from the API made fit to quote in a log line or message.
+
+    Control characters (line breaks, ANSI escapes, C1 codes) and the Unicode line
+    separators and direction overrides are written as escapes (``\x0a``,
+    ``\x1b``, ``\u202e``), so server text cannot start a line of its own or recolour
+    the terminal; the text is cut to ``limit`` characters (and says so) and the API key
+    is hidden.
+
+    Args:
+        text: A value from an API answer (a string, or anything with a ``str``).
+        limit: The most characters kept.
+
+    Returns:
+        One line of at most about ``limit`` characters.
+    """
+    value = redact(text if isinstance(text, str) else str(text))
+    whole = len(value)
+    if whole > limit:
+        value = value[:limit]
+    if _UNSAFE.search(value) is not None:
+        value = _UNSAFE.sub(_escape, value)
+    return f"{value}... ({whole} characters, cut)" if whole > limit else value
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"  # noqa: PLR2004 - one byte
+
+
+def secret_in_json(raw: bytes) -> bool:
+    r"""Whether a JSON text may hold the installed secret in one of its strings.
+
+    Each character of the secret may be written as itself or as a ``\uXXXX`` escape
+    (and ``/`` as ``\/``): one scan of the bytes finds every spelling, so a server
+    cannot slip the key past redaction by escaping it.
+
+    Args:
+        raw: A JSON body.
+
+    Returns:
+        True when some string may decode to text holding the secret.
+    """
+    if _SECRET_IN_JSON is None:
+        return False
+    literal, escapes, spellings = _SECRET_IN_JSON
+    if literal in raw:
+        return True
+    # Cheap first: without an escape a printable ASCII character can have, only the
+    # literal spelling was possible. Most pages stop here.
+    return escapes.search(raw) is not None and spellings.search(raw) is not None
+
+
+def _json_spellings(secret: str) -> tuple[bytes, re.Pattern[bytes], re.Pattern[bytes]]:
+    # The key is printable ASCII (settings refuse anything else): each character is
+    # itself, a \\uXXXX escape in either case of hex digit, or for three of them \\c.
+    escapes = [rb"\\u00[2-7]"] + [re.escape(b"\\" + c.encode()) for c in '/"\\' if c in secret]
+    parts = []
+    for char in secret:
+        hexed = f"{ord(char):04x}"
+        options = [
+            re.escape(char.encode()),
+            rb"\\u" + b"".join(b"[%b%b]" % (h.encode(), h.upper().encode()) for h in hexed),
+        ]
+        if char in {"/", '"', "\\"}:
+            options.append(re.escape(b"\\" + char.encode()))
+        parts.append(b"(?:" + b"|".join(options) + b")")
+    return secret.encode(), re.compile(b"|".join(escapes)), re.compile(b"".join(parts))
+
+
 def install_secret_filter(secret: str) -> None:
     """Attach a redacting filter to every handler that exists now (idempotent).
 
     Args:
         secret: The text to hide.
     """
-    global _SECRET_FORMS  # noqa: PLW0603 - one secret per process, set once
+    global _SECRET_FORMS, _SECRET_IN_JSON  # noqa: PLW0603 - one secret per process, set once
     if not secret:
         return
     _SECRET_FORMS = secret_forms(secret)
+    _SECRET_IN_JSON = _json_spellings(secret)
     for handler in _handlers():
         if not any(
             isinstance(existing, RedactingFilter) and existing.secret == secret

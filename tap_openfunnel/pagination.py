@@ -9,7 +9,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tap_openfunnel import signals
+from tap_openfunnel.bounds import check_page
 from tap_openfunnel.exceptions import MalformedPageError, PageSequenceError
+from tap_openfunnel.logs import shown
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -54,15 +56,16 @@ class Page:
         rows = body.get("rows")
         cursor = body.get("next_cursor")
         name = body.get("page")
+        check_page(name, cursor, rows)
         if rows is not None and not isinstance(rows, list):
             msg = (
-                f"the answer for page {name!r} has 'rows' of type {type(rows).__name__}, "
-                "not a list, so its companies cannot be read."
+                f"the answer for page '{shown(name, 40)}' has 'rows' of type "
+                f"{type(rows).__name__}, not a list, so its companies cannot be read."
             )
             raise MalformedPageError(msg)
         if cursor is not None and not isinstance(cursor, str):
             msg = (
-                f"the answer for page {name!r} has a next_cursor of type "
+                f"the answer for page '{shown(name, 40)}' has a next_cursor of type "
                 f"{type(cursor).__name__}, not a page name, so the next page is unknown."
             )
             raise MalformedPageError(msg)
@@ -71,7 +74,7 @@ class Page:
             LOGGER.warning(
                 "Page %s: %d of its rows are not JSON objects and cannot become records; "
                 "they were skipped (and will show in the row count check).",
-                name,
+                shown(name, 40),
                 len(rows) - len(kept),
             )
         return cls(

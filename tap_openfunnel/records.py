@@ -8,7 +8,7 @@ import math
 import typing as t
 
 from tap_openfunnel.exceptions import ChangedShapeError
-from tap_openfunnel.logs import redact
+from tap_openfunnel.logs import redact, shown
 from tap_openfunnel.safe_values import MAX_KEPT_CHARS, MAX_KEPT_DEPTH, clean_text, keep_json
 
 if t.TYPE_CHECKING:
@@ -37,9 +37,9 @@ def _in_range(number: int) -> int | None:
 
 
 def _names(names: Iterable[str]) -> str:
-    shown = sorted({redact(clean_text(name))[:80] for name in names})
-    more = len(shown) - _NAMES_SHOWN
-    return ", ".join(shown[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    listed = sorted({shown(clean_text(name), 80) for name in names})
+    more = len(listed) - _NAMES_SHOWN
+    return ", ".join(listed[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
 
 
 def _to_int(value: object) -> int | None:
@@ -291,7 +291,7 @@ class RowShaper:
             if not all(name in row for name in lacking):
                 seen.update(row)
         problem = (
-            f"Job {job_id}: most rows of page {redact(clean_text(page))!r} lack "
+            f"Job {job_id}: most rows of page '{shown(clean_text(page), 40)}' lack "
             f"{', '.join(lacking)}, which identify a company, yet carry other fields "
             f"(those rows have {_names(seen)}): the API's row shape has probably changed."
         )

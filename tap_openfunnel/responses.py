@@ -15,12 +15,12 @@ from tap_openfunnel.exceptions import (
     NotFoundError,
     RejectedRequestError,
 )
+from tap_openfunnel.logs import shown
 
 if t.TYPE_CHECKING:
     import requests
 
 _CREDIT_CODES = frozenset({"CREDITS_EXCEEDED", "INSUFFICIENT_CREDITS", "PAYMENT_REQUIRED"})
-_MAX_DETAIL = 500
 
 
 def parse_retry_after(response: requests.Response) -> float | None:
@@ -75,7 +75,8 @@ def api_detail(response: requests.Response) -> str:
         response: The error answer.
 
     Returns:
-        The API's own words (``detail``/``message``/``error_code``), shortened.
+        The API's own words (``detail``/``message``/``error_code``), escaped and
+        shortened (:func:`~tap_openfunnel.logs.shown`).
     """
     body = _json_or_none(response)
     if isinstance(body, dict):
@@ -88,9 +89,8 @@ def api_detail(response: requests.Response) -> str:
         elif detail:
             parts.append(str(detail))
         if parts:
-            return "; ".join(parts)[:_MAX_DETAIL]
-    text = response.text.strip().replace("\n", " ")
-    return text[:_MAX_DETAIL] or "(empty body)"
+            return shown("; ".join(parts))
+    return shown(response.text.strip()) or "(empty body)"
 
 
 def _format_validation_item(item: object) -> str:

@@ -19,6 +19,7 @@ from tap_openfunnel.exceptions import (
 )
 from tap_openfunnel.job_ids import job_id_problem
 from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, TrackedJob
+from tap_openfunnel.logs import shown
 from tap_openfunnel.outcomes import log_summary, row_count_mismatch
 from tap_openfunnel.planner import SUBMITTING, Action
 from tap_openfunnel.submissions import UnconfirmedSubmitError
@@ -279,7 +280,7 @@ class Run:
             return None
         if snapshot.status == JobStatus.FAILED.value:
             self.checkpoint.failed(job_id)
-            reason = snapshot.body.get("error_message") or "no error_message given"
+            reason = shown(snapshot.body.get("error_message") or "no error_message given")
             self.fail(
                 JobFailedError(
                     job_id,

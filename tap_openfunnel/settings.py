@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
+from tap_openfunnel.bounds import check_job_ids
 from tap_openfunnel.budget import cap_setting
 from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
@@ -177,6 +178,15 @@ CONFIG_SCHEMA = th.PropertiesList(
         description="Seconds to wait for an answer to one request.",
     ),
     th.Property(
+        "max_response_mib",
+        th.IntegerType(minimum=1, maximum=4096),
+        default=64,
+        title="Max answer size (MiB)",
+        description="Largest API answer the tap reads, once decompressed; a larger one "
+        "fails its job (read no further). Memory use grows with it: up to twice "
+        "page_concurrency answers are held at once.",
+    ),
+    th.Property(
         "max_retries",
         th.IntegerType(minimum=0, maximum=50),
         default=8,
@@ -276,6 +286,7 @@ class Settings:
     job_timeout: float
     page_concurrency: int
     request_timeout: float
+    max_response_mib: int
     max_retries: int
     max_retry_wait: float
     strict_row_count: bool
@@ -343,6 +354,7 @@ class Settings:
             job_timeout=float(value("job_timeout")),
             page_concurrency=int(value("page_concurrency")),
             request_timeout=float(value("request_timeout")),
+            max_response_mib=int(value("max_response_mib")),
             max_retries=int(value("max_retries")),
             max_retry_wait=float(value("max_retry_wait")),
             strict_row_count=bool(value("strict_row_count")),
@@ -437,7 +449,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def _job_ids(config: Mapping[str, t.Any], name: str) -> tuple[str, ...]:
-    ids: list[str] = []
+    # A dict keeps the config's order and drops repeats without a quadratic scan.
+    ids: dict[str, None] = {}
+    check_job_ids(config.get(name) or (), name)
     for index, raw in enumerate(config.get(name) or ()):
         job_id = raw.strip() if isinstance(raw, str) else raw
         problem = job_id_problem(job_id)
@@ -448,8 +462,7 @@ def _job_ids(config: Mapping[str, t.Any], name: str) -> tuple[str, ...]:
                 "asks for another path of the API."
             )
             raise ConfigurationError(msg)
-        if job_id not in ids:
-            ids.append(job_id)
+        ids[job_id] = None
     return tuple(ids)
 
 

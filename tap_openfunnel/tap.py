@@ -13,6 +13,7 @@ from singer_sdk.tap_base import CliTestOptionValue
 
 from tap_openfunnel import cli
 from tap_openfunnel.api import JobAPI
+from tap_openfunnel.bounds import MIB
 from tap_openfunnel.checkpoint import Checkpoint
 from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.journal import Journal
@@ -97,6 +98,7 @@ class TapOpenFunnel(Tap):
             api_url=settings.api_url,
             api_key=settings.api_key,
             timeout=settings.request_timeout,
+            max_bytes=settings.max_response_mib * MIB,
             retry=RetryPolicy(max_retries=settings.max_retries, max_wait=settings.max_retry_wait),
             pool_size=settings.page_concurrency + 2,
         )

@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PAGE_SIZE = 100
 TAM_PATH = "/api/v1/tam/build/"
@@ -27,6 +31,28 @@ def page_name(index: int) -> str:
 def page_number(cursor: str | None) -> int:
     digits = (cursor or "page_0000").removeprefix("page_")
     return int(digits) if digits.isdigit() else -1
+
+
+def gzip_bomb(inflated: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """A gzip body that inflates to ``inflated`` bytes (a JSON object), made as it is sent.
+
+    Never held whole: each MiB of zeros is compressed (to about 1 KiB) as it is needed.
+    """
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    yield packer.compress(b'{"rows": [], "pad": "')
+    zeros = b"0" * chunk
+    for _ in range(inflated // chunk):
+        yield packer.compress(zeros)
+    yield packer.compress(b'"}') + packer.flush()
+
+
+class Streamed:
+    """A body sent as it is made, until the connection closes (no Content-Length)."""
+
+    def __init__(self, chunks: Iterator[bytes], encoding: str = "gzip") -> None:
+        self.chunks = chunks
+        self.encoding = encoding
+        self.sent = 0
 
 
 def company(job_id: str, index: int) -> dict[str, Any]:
@@ -145,10 +171,11 @@ class HostileAPI:
         elif kind == "rows_not_list" and index == 1:
             return 200, {}, {"status": "completed", "rows": "oops", "page": name}
         elif kind == "deep_nesting" and index == 1:
-            nested: Any = "x"
-            for _ in range(100_000):
-                nested = [nested]
-            return 200, {}, {"status": "completed", "rows": nested}
+            # One value of one row nested 100,000 deep, as text (json.dumps cannot).
+            rows[0] = {**rows[0], "tags": "DEEP"}
+            body = {"status": "completed", "rows": rows, "page": name, "next_cursor": next_cursor}
+            deep = "[" * 100_000 + '"x"' + "]" * 100_000
+            return 200, {}, json.dumps(body).replace('"DEEP"', deep)
         elif kind == "html" and index == 1:
             return 200, {"Content-Type": "text/html"}, "<html>maintenance</html>"
         elif kind == "redirect" and index == 1:
@@ -220,6 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.api.served.append(Served("GET", path, cursor, status))
 
     def _send(self, status: int, headers: dict[str, str], body: Any) -> None:
+        if isinstance(body, Streamed):
+            self._stream(status, body)
+            return
         raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         trickle = float(headers.pop("X-Trickle", "0"))
         self.send_response(status)
@@ -243,3 +273,17 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 break
             time.sleep(trickle)
+
+    def _stream(self, status: int, body: Streamed) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", body.encoding)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for chunk in body.chunks:
+            try:
+                self.wfile.write(chunk)
+            except OSError:
+                return  # the client stopped reading
+            body.sent += len(chunk)

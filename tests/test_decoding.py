@@ -31,9 +31,7 @@ from tap_openfunnel.streams import load_schema
         pytest.param(b'"page_0001"', "non-object", id="string"),
         pytest.param(b"null", "non-object", id="null"),
         pytest.param(b"42", "non-object", id="number"),
-        pytest.param(
-            b'{"rows": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "incomplete", id="too-deep"
-        ),
+        pytest.param(b'{"rows": ' + b"[" * 100_000 + b"}", "incomplete", id="too-deep-and-cut"),
     ],
 )
 def test_odd_bodies_are_undecodable(raw, reason):

@@ -8,19 +8,35 @@ company under two ranks, and still deliver the sound job whole.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
-from hostile import HostileAPI, HostileJob
+from hostile import HostileAPI, HostileJob, Streamed, gzip_bomb, page_number
 from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
 
 GOOD = "good-job"
 BAD = "bad-job"
 
 
-def run_against(api: HostileAPI, tmp_path, **overrides: Any) -> TapRun:
+# Runs the tap as its only child and reports the child's peak memory (KiB on Linux).
+MEASURED = (
+    sys.executable,
+    "-c",
+    (
+        "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+        "print(f'PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', "
+        "file=sys.stderr); sys.exit(code)"
+    ),
+)
+
+
+def run_against(
+    api: HostileAPI, tmp_path, prefix: tuple[str, ...] = (), **overrides: Any
+) -> TapRun:
     config = {
         "api_key": API_KEY,
         "api_url": api.url,
@@ -37,7 +53,7 @@ def run_against(api: HostileAPI, tmp_path, **overrides: Any) -> TapRun:
     state_path = write_json(tmp_path / "state.json", state) if state is not None else None
     started = time.monotonic()
     proc = subprocess.run(
-        tap_command(write_json(tmp_path / "config.json", config), state_path),
+        [*prefix, *tap_command(write_json(tmp_path / "config.json", config), state_path)],
         capture_output=True,
         text=True,
         timeout=90,
@@ -116,7 +132,8 @@ def test_rerun_after_a_cycle_adds_no_row_under_a_new_rank(tmp_path):
 ONE_JOB = [
     pytest.param("page_404", 1, "HTTP 404", id="page-404"),
     pytest.param("rows_not_list", 1, "'rows' of type str", id="rows-not-a-list"),
-    pytest.param("deep_nesting", 1, "still failed after 2 retries", id="deep-nesting"),
+    # One value nested 100,000 deep costs that value, not the page (bounds: nesting).
+    pytest.param("deep_nesting", 0, "nested more than 500 levels", id="deep-nesting"),
     pytest.param("html", 1, "incomplete JSON body", id="html-instead-of-json"),
     pytest.param("redirect", 1, "a redirect to 203.0.113.9", id="redirect-elsewhere"),
     pytest.param("trickle", 1, "within request_timeout (2 s)", id="trickled-body"),
@@ -133,6 +150,7 @@ def test_a_bad_answer_fails_its_job_and_the_others_are_delivered(tmp_path, patho
     assert run.returncode == code, run.stderr[-3000:]
     if needle is not None:
         assert needle in run.stderr
+    if needle is not None and code:
         assert BAD in run.stderr.splitlines()[-1]
     assert_clean(run)
     bad = sorted(r["rank"] for r in run.records("tam_companies") if r["job_id"] == BAD)
@@ -274,3 +292,163 @@ def test_a_state_cursor_the_api_does_not_know_is_named(tmp_path):
     assert "the job itself is fine" in run.stderr
     assert "Remove it from the config" not in run.stderr
     assert_clean(run)
+
+
+# Bounded inputs and output nobody can forge ---------------------------------------
+
+
+def answer_page(api: HostileAPI, index: int, reply) -> None:
+    """Make page ``index`` of the bad job answer ``reply(status, headers, body)``."""
+    original = api.answer
+
+    def answer(job_id: str, cursor: str | None):
+        sent = original(job_id, cursor)
+        return reply(*sent) if job_id == BAD and page_number(cursor) == index else sent
+
+    api.answer = answer  # type: ignore[method-assign]
+
+
+def bad_records(run: TapRun) -> list[dict[str, Any]]:
+    return [r for r in run.records("tam_companies") if r["job_id"] == BAD]
+
+
+def test_a_gzip_bomb_is_given_up_at_the_bound_in_bounded_memory(tmp_path):
+    # 1 MiB of gzip that inflates to 768 MiB, made while it is sent.
+    bomb = Streamed(gzip_bomb(768 << 20))
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, 1, lambda *_: (200, {}, bomb))
+        run = run_against(api, tmp_path, prefix=MEASURED, page_concurrency=1, max_response_mib=2)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "larger than 2 MiB once decompressed" in run.stderr
+    assert "'max_response_mib'" in run.stderr
+    assert BAD in run.stderr.splitlines()[-2]
+    assert_clean(run)
+    assert [r["rank"] for r in bad_records(run)] == list(range(1, 101))
+    peak_kib = int(run.stderr.rsplit("PEAK_RSS_KIB ", 1)[1].split()[0])
+    # Reading the whole body would hold 768 MiB; the tap itself needs about 100.
+    assert peak_kib < 300 * 1024, f"peak {peak_kib} KiB"
+
+
+def with_text(body: dict[str, Any], **texts: str) -> str:
+    """The body as JSON, each string "<NAME>" replaced by the raw JSON text given."""
+    raw = json.dumps(body)
+    for name, text in texts.items():
+        raw = raw.replace(f'"<{name}>"', text)
+    return raw
+
+
+def test_one_huge_integer_costs_that_value_not_the_page(tmp_path):
+    huge = "9" * 5000
+
+    def reply(status, headers, body):
+        body["rows"][0] = {**body["rows"][0], "employee_count": "<HUGE>", "score_x": "<HUGE>"}
+        return status, headers, with_text(body, HUGE=huge)
+
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, 0, reply)  # the first page comes with the poll
+        answer_page(api, 1, reply)  # the others are read as pages
+        run = run_against(api, tmp_path, page_concurrency=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_clean(run)
+    records = bad_records(run)
+    assert [r["rank"] for r in records] == list(range(1, 301))
+    for rank in (1, 101):
+        assert records[rank - 1]["employee_count"] is None
+        assert records[rank - 1]["_extra"] == {"score_x": None}
+    assert records[1]["employee_count"] == 2
+    assert "integer(s) of more than 4300 digits were read as null" in run.stderr
+    assert f"Job {BAD}, page page_0001" in run.stderr
+
+
+def test_the_key_never_reaches_a_record_wherever_the_server_puts_it(tmp_path):
+    # The key as JSON can spell it: plainly, or with each letter escaped.
+    escaped = '"' + "".join(f"\\u{ord(c):04x}" for c in API_KEY) + '"'
+
+    def reply(status, headers, body):
+        body["rows"][0] = {
+            **body["rows"][0],
+            "name": f"Acme {API_KEY}",
+            "headquarters": "<ESCAPED>",
+            API_KEY: "a field named after the key",
+            "notes": {"deep": [f"x{API_KEY}y"]},
+        }
+        body["page_note"] = f"top level {API_KEY}"
+        return status, headers, with_text(body, ESCAPED=escaped)
+
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, 0, reply)
+        answer_page(api, 2, reply)
+        run = run_against(api, tmp_path, page_concurrency=3)
+    assert API_KEY not in run.stdout + run.stderr
+    assert_clean(run)
+    records = bad_records(run)
+    assert len(records) == 300
+    for rank in (1, 201):
+        first = records[rank - 1]
+        assert first["name"] == "Acme ***"
+        assert first["headquarters"] == "***"
+        assert first["_extra"] == {
+            "***": "a field named after the key",
+            "notes": {"deep": ["x***y"]},
+        }
+
+
+def test_a_cursor_holding_the_key_fails_its_job_and_is_never_written(tmp_path):
+    def reply(status, headers, body):
+        return status, headers, {**body, "next_cursor": f"page_0002?k={API_KEY}"}
+
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, 1, reply)
+        run = run_against(api, tmp_path, page_concurrency=1)
+        asked = [s.cursor for s in api.served if s.path.endswith(BAD)]
+    assert run.returncode == 1
+    assert "holds the API key" in run.stderr
+    assert_clean(run)
+    assert len(bad_records(run)) == 100
+    assert all(API_KEY not in (cursor or "") for cursor in asked)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        pytest.param({"next_cursor": "page_" + "9" * 5000}, "more than the 256", id="cursor"),
+        pytest.param({"page": "page_0001" + "x" * 300}, "page name of 309", id="page-name"),
+        pytest.param(
+            {"rows": [{"name": f"C{i}", "domain": f"c{i}.x"} for i in range(10_001)]},
+            "holds 10001 rows",
+            id="rows",
+        ),
+    ],
+)
+@pytest.mark.parametrize("index", [0, 1])  # the first page comes with the poll
+def test_a_page_beyond_a_page_bound_fails_its_job_only(tmp_path, change, needle, index):
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, index, lambda status, headers, body: (status, headers, {**body, **change}))
+        run = run_against(api, tmp_path, page_concurrency=1)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert needle in run.stderr
+    assert BAD in run.stderr.splitlines()[-1]
+    assert_clean(run)
+    assert len(bad_records(run)) == 100 * index
+    assert max(len(line) for line in run.stderr.splitlines()) < 2000
+
+
+def test_api_text_cannot_forge_or_flood_a_log_line(tmp_path):
+    forged = "2026-12-04 ERROR all jobs done"
+    detail = f"gone\n{forged}\x1b[2J\u202e" + "x" * 100_000
+
+    def reply(*_):
+        return 404, {}, {"detail": detail}
+
+    jobs = {GOOD: HostileJob(), BAD: HostileJob(rows=300, body_extra={"progress_message": detail})}
+    with HostileAPI(jobs, api_key=API_KEY) as api:
+        answer_page(api, 1, reply)
+        run = run_against(api, tmp_path, page_concurrency=1)
+    assert run.returncode == 1
+    assert_clean(run)
+    lines = run.stderr.splitlines()
+    assert not any(line.startswith(forged) for line in lines)
+    assert "\x1b" not in run.stderr
+    assert "\u202e" not in run.stderr
+    assert f"gone\\x0a{forged}\\x1b[2J\\u202e" in run.stderr
+    assert max(len(line) for line in lines) < 2000
