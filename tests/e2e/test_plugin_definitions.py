@@ -1,7 +1,8 @@
-"""meltano.yml and the Hub-style tap-openfunnel.yml agree with the tap, and need no Hub."""
+"""meltano.yml, the extractor's lockfile and tap-openfunnel.yml agree with the tap, need no Hub."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ from tap_openfunnel.settings import CONFIG_SCHEMA
 MELTANO_YML = yaml.safe_load((PROJECT_ROOT / "meltano.yml").read_text(encoding="utf-8"))
 HUB_DEFINITION = yaml.safe_load((PROJECT_ROOT / "tap-openfunnel.yml").read_text(encoding="utf-8"))
 EXTRACTOR = next(p for p in MELTANO_YML["plugins"]["extractors"] if p["name"] == "tap-openfunnel")
+LOCKFILE = PROJECT_ROOT / "plugins" / "extractors" / "tap-openfunnel--openfunnel.lock"
+LOCKED = json.loads(LOCKFILE.read_text(encoding="utf-8"))
 
 
 def test_settings_are_generated_from_the_tap():
@@ -30,7 +33,7 @@ def test_settings_are_generated_from_the_tap():
 
 @pytest.mark.parametrize(
     "definition",
-    [pytest.param(EXTRACTOR, id="meltano.yml"), pytest.param(HUB_DEFINITION, id="hub-definition")],
+    [pytest.param(LOCKED, id="lockfile"), pytest.param(HUB_DEFINITION, id="hub-definition")],
 )
 def test_sensitive_settings_are_exactly_the_secret_ones(definition):
     # The tap's own settings; the SDK's built-in ones are left out of the definitions.
@@ -41,9 +44,11 @@ def test_sensitive_settings_are_exactly_the_secret_ones(definition):
     assert {s["name"] for s in definition["settings"]} == set(properties)
 
 
-def test_every_plugin_is_defined_inline():
+def test_every_plugin_is_defined_in_the_project():
     # namespace, pip_url and executable make `meltano install` and `meltano run` work
-    # without asking Meltano Hub for the plugin's definition.
+    # without asking Meltano Hub for the plugin's definition: inline for the loaders, in
+    # the lockfile for the extractor (meltano.yml names its variant, and no namespace,
+    # which would make it a custom plugin defined inline).
     plugins = [p for kind in MELTANO_YML["plugins"].values() for p in kind]
     assert {p["name"] for p in plugins} == {
         "tap-openfunnel",
@@ -54,12 +59,23 @@ def test_every_plugin_is_defined_inline():
         "target-bigquery",
     }
     for plugin in plugins:
-        assert {"namespace", "pip_url", "executable", "settings"} <= plugin.keys(), plugin["name"]
         assert "inherit_from" not in plugin
+        if plugin["name"] == "tap-openfunnel":
+            assert plugin == {"name": "tap-openfunnel", "variant": "openfunnel", "pip_url": "-e ."}
+            continue
+        assert {"namespace", "pip_url", "executable", "settings"} <= plugin.keys(), plugin["name"]
+    assert LOCKFILE.name == f"{EXTRACTOR['name']}--{EXTRACTOR['variant']}.lock"
+    assert {"namespace", "executable", "capabilities", "settings"} <= LOCKED.keys()
+    assert LOCKED["plugin_type"] == "extractors"
     duckdb = next(p for p in plugins if p["name"] == "target-duckdb")
     # duckdb >= 1.3 makes target-duckdb 0.8.0 drop the first row of every batch.
     assert "duckdb==1.2.2" in duckdb["pip_url"].split()
     assert MELTANO_YML["send_anonymous_usage_stats"] is False
+
+
+def test_the_lockfile_is_the_hub_definition():
+    # One definition in two formats: what this project runs is what other projects add.
+    assert {k: v for k, v in LOCKED.items() if k != "plugin_type"} == HUB_DEFINITION
 
 
 # The secrets of the warehouse loaders: where Meltano Hub's definitions of these variants
