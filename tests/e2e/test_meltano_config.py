@@ -101,3 +101,20 @@ def test_every_number_setting_can_come_from_the_environment(meltano, fake_api, t
     assert ran.returncode == 0, describe(ran)
     rows = (tmp_path / "tam_companies.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 120
+
+
+def test_a_misspelt_setting_stops_the_run_before_any_call(meltano, fake_api, tmp_path):
+    # Meltano only warns about a setting its definition lacks, and passes it on.
+    project = scratch_project(tmp_path / "project")
+    set_ = meltano.run("config", "set", "tap-openfunnel", "max_credit", "10", cwd=project)
+    assert set_.returncode == 0, describe(set_)
+    env = {
+        **tap_env(fake_api, tam=[], lookalike=[]),
+        "TARGET_JSONL_DESTINATION_PATH": str(tmp_path),
+    }
+
+    ran = meltano.run("run", "tap-openfunnel", "target-jsonl", env=env, cwd=project)
+
+    assert ran.returncode != 0, describe(ran)
+    assert "'max_credit' (did you mean 'max_credits'?)" in ran.stdout + ran.stderr
+    assert fake_api.requests == []
