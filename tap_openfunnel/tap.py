@@ -11,7 +11,7 @@ from singer_sdk import Tap
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 from singer_sdk.tap_base import CliTestOptionValue
 
-from tap_openfunnel import cli
+from tap_openfunnel import cli, cli_help
 from tap_openfunnel.api import JobAPI
 from tap_openfunnel.checkpoint import Checkpoint
 from tap_openfunnel.client import OpenFunnelClient
@@ -187,6 +187,11 @@ class TapOpenFunnel(Tap):
         super(Tap, cls).invoke(about=about, about_format=about_format)
         cls.print_version(print_fn=cls.logger.info)
         cli.sync(cli.build(cls, config, state=state, catalog=catalog))
+
+    @classmethod
+    @override
+    def get_singer_command(cls) -> click.Command:
+        return cli_help.describe(super().get_singer_command())
 
     @classmethod
     @override

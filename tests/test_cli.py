@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 
 import pytest
 from support import API_KEY, base_config, tap_command, tap_env, write_json
@@ -171,3 +172,19 @@ def test_unknown_host_is_an_answer_for_the_check_and_retried_by_a_sync(
         client.get(BALANCE_PATH)
     assert len(calls) == lookups
     assert "Name or service not known" in str(raised.value)
+
+
+def test_help_describes_this_taps_options():
+    proc = subprocess.run(
+        [sys.executable, "-m", "tap_openfunnel", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # click wraps the lines
+    assert "one balance call" in text  # --test: a key check, not the SDK's record sync
+    assert "sync a single record" not in text
+    assert "Needs no api_key and sends no request" in text  # --discover
+    assert "every setting with its description" in text  # --about
