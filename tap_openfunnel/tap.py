@@ -17,6 +17,7 @@ from tap_openfunnel.checkpoint import Checkpoint
 from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.logs import install_secret_filter
 from tap_openfunnel.planner import Planner
+from tap_openfunnel.quiet import drop_sdk_noise, metrics_on_debug
 from tap_openfunnel.retries import RetryPolicy
 from tap_openfunnel.run import Run
 from tap_openfunnel.settings import CONFIG_SCHEMA, Settings, check_known_settings
@@ -70,11 +71,16 @@ class TapOpenFunnel(Tap):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:  # noqa: ANN401 - the SDK's
         """Build the tap as the SDK does, with a STATE writer that scales with state.
 
+        Without the SDK's noise: its "Skipping parse of env var settings..." line, and
+        its METRIC lines below the DEBUG level.
+
         Args:
             *args: The SDK's positional arguments.
             **kwargs: The SDK's keyword arguments.
         """
+        drop_sdk_noise(self.logger)
         super().__init__(*args, **kwargs)
+        metrics_on_debug(self.logger)  # after the SDK set the metrics logger's level
         # The SDK's own attribute, which its sync loop uses directly (not only through
         # the state_writer property); tests check that STATE goes through this one.
         self._encoded_state = EncodedStateWriter(self.message_writer)
