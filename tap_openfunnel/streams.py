@@ -143,6 +143,14 @@ class CompanyStream(OpenFunnelStream):
         start = checkpoint.position(job_id)
         cursor = start.cursor
         rows_total = start.rows_read
+        if cursor:
+            self._tap.logger.info(
+                "Job %s: resuming at page %r (the cursor kept in state), after %s row(s) "
+                "read by earlier runs.",
+                job_id,
+                cursor,
+                f"{rows_total:,}",
+            )
         reader = PageReader(
             job_id,
             functools.partial(run.api.page_body, self.job_type, job_id),
