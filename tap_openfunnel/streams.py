@@ -302,7 +302,11 @@ class JobsStream(OpenFunnelStream):
                 "query": (progress.request or {}).get("query"),
                 "request": dict(progress.request) if progress.request is not None else None,
                 "submitted_at": progress.submitted_at,
-                "terminal_at": job.terminal_at.isoformat() if job.terminal_at else None,
+                "terminal_at": (
+                    run.checkpoint.terminal_at(job.job_id, job.terminal_at)
+                    if job.terminal_at
+                    else None
+                ),
                 "error_message": body.get("error_message"),
                 "tap_error": str(job.error) if job.error is not None else None,
             }
