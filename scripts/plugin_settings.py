@@ -28,11 +28,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 HUB_DEFINITION = ROOT / "tap-openfunnel.yml"
 LOCKFILE = ROOT / "plugins" / "extractors" / "tap-openfunnel--openfunnel.lock"
-# Meltano's kind for each JSON Schema type. A JSON "number" is `integer` to Meltano:
-# Meltano 4 casts a `decimal` setting given in the environment (TAP_OPENFUNNEL_MAX_CREDITS=100)
-# to Decimal and then fails writing the tap's config ("Object of type Decimal is not JSON
-# serializable"). Whole seconds and whole credits are what these settings take from a
-# user; the tap itself still accepts a fraction written as a number in a config file.
+# Meltano's kind for each JSON Schema type. A JSON "number" is `integer` to Meltano
+# unless its default has a fraction: Meltano 4 casts a `decimal` setting given in the
+# environment (TAP_OPENFUNNEL_MAX_CREDITS=100) to Decimal and then fails writing the
+# tap's config ("Object of type Decimal is not JSON serializable"). Whole seconds and
+# whole credits are what these settings take from a user; the tap itself still accepts
+# a fraction written as a number in a config file.
 KINDS = {
     "string": "string",
     "integer": "integer",
@@ -60,7 +61,11 @@ def kind_of(schema: dict) -> str:
     """Meltano's setting kind for a JSON Schema property."""
     types = schema.get("type", "string")
     types = [types] if isinstance(types, str) else types
-    return KINDS[next(t for t in types if t != "null")]
+    kind = KINDS[next(t for t in types if t != "null")]
+    default = schema.get("default")
+    if "number" in types and isinstance(default, float) and not default.is_integer():
+        return "decimal"  # a fraction is what it takes
+    return kind
 
 
 def settings_block(info: dict) -> dict:

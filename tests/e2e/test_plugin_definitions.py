@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -141,3 +143,52 @@ def test_hub_definition_adds_to_another_project(meltano, tmp_path):
     listed = meltano.run("config", "list", "tap-openfunnel", cwd=project, timeout=120)
     assert listed.returncode == 0, describe(listed)
     assert "api_key [env: TAP_OPENFUNNEL_API_KEY]" in listed.stdout
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location(
+        "plugin_settings", PROJECT_ROOT / "scripts" / "plugin_settings.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("schema", "kind"),
+    [
+        pytest.param({"type": ["integer", "null"]}, "integer", id="integer"),
+        # Meltano 4 cannot take a `decimal` from the environment: whole numbers it can.
+        pytest.param({"type": ["number", "null"]}, "integer", id="number"),
+        pytest.param({"type": ["number"], "default": 60}, "integer", id="whole-default"),
+        pytest.param({"type": ["number"], "default": 60.0}, "integer", id="whole-float"),
+        pytest.param({"type": ["number"], "default": 0.5}, "decimal", id="fraction-default"),
+        pytest.param({"type": ["boolean"], "default": False}, "boolean", id="boolean"),
+        pytest.param({"type": ["array", "null"]}, "array", id="array"),
+    ],
+)
+def test_meltano_kinds_of_json_schema_types(schema, kind):
+    assert load_generator().kind_of(schema) == kind
+
+
+def test_the_generator_is_idempotent(tmp_path):
+    # What the lead runs after merging settings from several branches: twice changes
+    # nothing the second time, and a stale copy is rebuilt whole (no markers to find).
+    shutil.copy2(PROJECT_ROOT / "tap-openfunnel.yml", tmp_path / "tap-openfunnel.yml")
+    stale = yaml.safe_load((tmp_path / "tap-openfunnel.yml").read_text(encoding="utf-8"))
+    stale["settings"] = stale["settings"][:2] + stale["settings"][:2]  # a bad merge
+    text = (tmp_path / "tap-openfunnel.yml").read_text(encoding="utf-8")
+    header = text[: text.index("\nname:")]
+    (tmp_path / "tap-openfunnel.yml").write_text(
+        header + "\n" + yaml.safe_dump(stale, sort_keys=False), encoding="utf-8"
+    )
+    script = [sys.executable, str(PROJECT_ROOT / "scripts" / "plugin_settings.py")]
+    project = ["--project", str(tmp_path)]
+    for _ in range(2):
+        subprocess.run([*script, *project], check=True, capture_output=True, timeout=120)
+    check = subprocess.run(
+        [*script, "--check", *project], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert check.returncode == 0, check.stderr
+    for name in ("tap-openfunnel.yml", "plugins/extractors/tap-openfunnel--openfunnel.lock"):
+        assert (tmp_path / name).read_bytes() == (PROJECT_ROOT / name).read_bytes(), name
