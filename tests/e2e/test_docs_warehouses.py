@@ -71,7 +71,7 @@ def scratch_checkout(sandbox_port: int) -> Path:
     return checkout
 
 
-def run_block(body: str, checkout: Path) -> tuple[int, str]:
+def run_block(body: str, checkout: Path, shell: dict[str, str]) -> tuple[int, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -89,6 +89,7 @@ def run_block(body: str, checkout: Path) -> tuple[int, str]:
             "TMPDIR": str(checkout.parent),
         }
     )
+    env.update(shell)
     command = ["bash", "-euo", "pipefail", "-c", body]
     prefix: list[str] = []
     if os.geteuid() == 0:
@@ -159,14 +160,24 @@ def stop_clusters(base: Path, prefix: list[str]) -> None:
         )  # fmt: skip
 
 
+# A user's own settings in the shell (or .env), which the sandbox environment's `env:`
+# must override: else the key would be refused by the fake server, or worse, the builds
+# submitted to the real API.
+USER_SHELL = {
+    "TAP_OPENFUNNEL_API_KEY": "of_users_real_key",
+    "TAP_OPENFUNNEL_API_URL": "http://127.0.0.1:9",
+    "TAP_OPENFUNNEL_TAM_JOB_IDS": '["00000000-0000-4000-8000-000000000000"]',
+}
+
+
 @pytest.mark.parametrize(
-    ("index", "expected"),
+    ("index", "shell", "expected"),
     [
-        pytest.param(0, ("tam_companies|1234", "lookalike_companies|250"), id="postgres"),
-        pytest.param(1, ("tam_companies", "1,234"), id="duckdb"),
+        pytest.param(0, {}, ("tam_companies|1234", "lookalike_companies|250"), id="postgres"),
+        pytest.param(1, USER_SHELL, ("tam_companies", "1,234"), id="duckdb-users-shell"),
     ],
 )
-def test_docs_block_lands_rows_as_written(index, expected):
+def test_docs_block_lands_rows_as_written(index, shell, expected):
     find_pg_bin()  # fails with the install hint when PostgreSQL's binaries are missing
     sandbox_port = free_port()
     checkout = scratch_checkout(sandbox_port)
@@ -174,7 +185,7 @@ def test_docs_block_lands_rows_as_written(index, expected):
     body = body.replace(PG_PORT, str(free_port()))
     # The block starts the fake server with its default port: pass the free one.
     body = body.replace("--demo >", f"--demo --port {sandbox_port} >")
-    returncode, output = run_block(body, checkout)
+    returncode, output = run_block(body, checkout, shell)
     try:
         assert returncode == 0, output[-4000:]
         for text in expected:
