@@ -96,7 +96,7 @@ started=$SECONDS
 set +e
 "$MELTANO" "${run_args[@]}" 2>&1 | tee "$log" \
     | grep --line-buffered -E "tap-openfunnel|target-duckdb +Loading|Run completed|\[(warning|error)" \
-    | grep --line-buffered -vE "METRIC|Skipping parse of env var|Beginning sync|Meltano SDK v" \
+    | grep --line-buffered -vE "Beginning sync|Meltano SDK v" \
     | sed -u -E 's/^[^ ]+ +\[([a-z]+) *\] +/    \1  /'
 meltano_status=${PIPESTATUS[0]}
 set -e

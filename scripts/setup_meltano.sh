@@ -3,7 +3,8 @@
 #
 # Meltano lives apart from the tap's .venv because its pins (sqlalchemy, click) clash
 # with singer-sdk's; each plugin then gets its own virtualenv under .meltano/. Every
-# plugin is defined inline in meltano.yml, so nothing here asks Meltano Hub.
+# plugin is defined in the project (inline, or the lockfile under plugins/), so nothing
+# here asks Meltano Hub.
 # Idempotent: stamp files skip the work when nothing changed (a second run takes ~0.1 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."

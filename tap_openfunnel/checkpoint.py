@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import typing as t
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ class Checkpoint:
     A partition lives at ``bookmarks.<stream>.partitions[]`` with context
     ``{"job_id": ...}`` and holds the reading position (``next_cursor``, ``rows_read``,
     ``done``), the submission (``origin``, ``fingerprint``, ``submitted_at``,
-    ``request``) and ``failed``.
+    ``request``), ``terminal_at`` and ``failed``.
 
     **Invariant: a partition in the tap's state only ever holds what is durable
     downstream.** The cursor moves past a page only once every record before it is
@@ -144,6 +145,31 @@ class Checkpoint:
         )
         self._emit()
 
+    def terminal_at(self, job_id: str, seen: dt.datetime) -> str:
+        """When the tap first saw a job terminal: kept in state, the same on every re-read.
+
+        Goes out with the next STATE line. A time in state that does not parse (a hand
+        edit) is replaced by ``seen``.
+
+        Args:
+            job_id: A registered job, terminal now.
+            seen: When this run saw it terminal.
+
+        Returns:
+            The time, ISO 8601.
+        """
+        state = self._state(job_id)
+        kept = state.get("terminal_at")
+        if isinstance(kept, str):
+            try:
+                dt.datetime.fromisoformat(kept)
+            except ValueError:
+                pass
+            else:
+                return kept
+        state["terminal_at"] = seen.isoformat()
+        return str(state["terminal_at"])
+
     def failed(self, job_id: str) -> None:
         """Record that OpenFunnel reports the job failed (its entry is submitted again).
 
@@ -232,6 +258,7 @@ _PARTITION_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "origin": ((str,), "a string"),
     "fingerprint": ((str,), "a string"),
     "submitted_at": ((str,), "an ISO 8601 time"),
+    "terminal_at": ((str,), "an ISO 8601 time"),
     "request": ((dict,), "an object"),
 }
 

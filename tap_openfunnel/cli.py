@@ -10,6 +10,7 @@ import sys
 import typing as t
 
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.logging import StructuredFormatter
 
 from tap_openfunnel.api import BALANCE_PATH
 from tap_openfunnel.budget import credit_amount, credits_text
@@ -45,7 +46,19 @@ def fail(logger: logging.Logger, message: str) -> t.NoReturn:
         message: What is wrong and what to do.
     """
     logger.error("%s", message)
+    if logs_are_json() and output_is_a_check():
+        # `meltano config test` shows the last line it read as it is: the message
+        # itself, rather than the JSON log line that carried it.
+        sys.stderr.write(f"{message}\n")
     sys.exit(1)
+
+
+def logs_are_json() -> bool:
+    """True when the log goes out as JSON lines (Meltano's ``structured-logging``)."""
+    return any(
+        isinstance(handler.formatter, StructuredFormatter)
+        for handler in logging.getLogger().handlers
+    )
 
 
 def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only

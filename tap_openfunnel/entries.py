@@ -35,7 +35,7 @@ class BuildEntry:
 
     Attributes:
         setting: The setting it came from.
-        index: Its 1-based position there.
+        index: Its position there, from 0 (as in validation errors and JSON paths).
         job_type: The job family it submits.
         body: The JSON body to POST.
         fingerprint: Identifies the request: a changed entry gets a new job.
@@ -92,12 +92,11 @@ def parse_entries(
         ConfigurationError: Naming the first bad entry and field.
     """
     entries = [
-        _EntryCheck("tam_builds", index, raw).tam_entry()
-        for index, raw in enumerate(tam_builds, start=1)
+        _EntryCheck("tam_builds", index, raw).tam_entry() for index, raw in enumerate(tam_builds)
     ]
     entries += [
         _EntryCheck("lookalike_searches", index, raw).lookalike_entry()
-        for index, raw in enumerate(lookalike_searches, start=1)
+        for index, raw in enumerate(lookalike_searches)
     ]
     seen: dict[str, BuildEntry] = {}
     for entry in entries:
@@ -137,7 +136,7 @@ class _EntryCheck:
     def fail(self, field: str | None, problem: str) -> t.NoReturn:
         where = f"field '{field}' " if field else ""
         msg = (
-            f"Setting '{self.setting}', entry {self.index}: {where}{problem}. Fix the entry "
+            f"Setting {self.setting}[{self.index}]: {where}{problem}. Fix the entry "
             "in the tap's config; nothing was submitted."
         )
         raise ConfigurationError(msg)

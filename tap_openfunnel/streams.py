@@ -144,6 +144,14 @@ class CompanyStream(OpenFunnelStream):
         start = checkpoint.position(job_id)
         cursor = start.cursor
         rows_total = start.rows_read
+        if cursor:
+            self._tap.logger.info(
+                "Job %s: resuming at page %r (the cursor kept in state), after %s row(s) "
+                "read by earlier runs.",
+                job_id,
+                cursor,
+                f"{rows_total:,}",
+            )
         reader = PageReader(
             job_id,
             functools.partial(run.api.page_body, self.job_type, job_id),
@@ -299,7 +307,11 @@ class JobsStream(OpenFunnelStream):
                 "request": dict(progress.request) if progress.request is not None else None,
                 "request_fingerprint": progress.fingerprint,
                 "submitted_at": progress.submitted_at,
-                "terminal_at": job.terminal_at.isoformat() if job.terminal_at else None,
+                "terminal_at": (
+                    run.checkpoint.terminal_at(job.job_id, job.terminal_at)
+                    if job.terminal_at
+                    else None
+                ),
                 "error_message": body.get("error_message"),
                 "tap_error": str(job.error) if job.error is not None else None,
             }

@@ -11,7 +11,7 @@ from singer_sdk import Tap
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
 from singer_sdk.tap_base import CliTestOptionValue
 
-from tap_openfunnel import cli
+from tap_openfunnel import cli, cli_help
 from tap_openfunnel.api import JobAPI
 from tap_openfunnel.bounds import MIB
 from tap_openfunnel.checkpoint import Checkpoint
@@ -19,6 +19,7 @@ from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.journal import Journal
 from tap_openfunnel.logs import install_secret_filter
 from tap_openfunnel.planner import Planner
+from tap_openfunnel.quiet import drop_sdk_noise, metrics_on_debug
 from tap_openfunnel.retries import RetryPolicy
 from tap_openfunnel.run import Run
 from tap_openfunnel.settings import CONFIG_SCHEMA, Settings, check_known_settings
@@ -72,11 +73,16 @@ class TapOpenFunnel(Tap):
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:  # noqa: ANN401 - the SDK's
         """Build the tap as the SDK does, with a STATE writer that scales with state.
 
+        Without the SDK's noise: its "Skipping parse of env var settings..." line, and
+        its METRIC lines below the DEBUG level.
+
         Args:
             *args: The SDK's positional arguments.
             **kwargs: The SDK's keyword arguments.
         """
+        drop_sdk_noise(self.logger)
         super().__init__(*args, **kwargs)
+        metrics_on_debug(self.logger)  # after the SDK set the metrics logger's level
         # The SDK's own attribute, which its sync loop uses directly (not only through
         # the state_writer property); tests check that STATE goes through this one.
         self._encoded_state = EncodedStateWriter(self.message_writer)
@@ -211,6 +217,11 @@ class TapOpenFunnel(Tap):
         super(Tap, cls).invoke(about=about, about_format=about_format)
         cls.print_version(print_fn=cls.logger.info)
         cli.sync(cli.build(cls, config, state=state, catalog=catalog))
+
+    @classmethod
+    @override
+    def get_singer_command(cls) -> click.Command:
+        return cli_help.describe(super().get_singer_command())
 
     @classmethod
     @override

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import threading
 import typing as t
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -321,3 +322,34 @@ def test_a_state_the_tap_cannot_place_is_refused_never_read_as_empty(
 def test_the_state_file_knows_every_stream_of_the_tap():
     tap = TapOpenFunnel(config={"api_key": API_KEY}, parse_env_config=False)
     assert set(tap.streams) == STREAM_NAMES
+def test_help_describes_this_taps_options():
+    proc = subprocess.run(
+        [sys.executable, "-m", "tap_openfunnel", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # click wraps the lines
+    assert "one balance call" in text  # --test: a key check, not the SDK's record sync
+    assert "sync a single record" not in text
+    assert "Needs no api_key and sends no request" in text  # --discover
+    assert "every setting with its description" in text  # --about
+
+
+@pytest.mark.parametrize(
+    ("level", "metrics"),
+    [pytest.param(None, False, id="default"), pytest.param("DEBUG", True, id="debug")],
+)
+def test_sdk_noise_stays_out_and_metrics_come_at_debug(server, tmp_path, level, metrics):
+    tam = server.add_job(JobSpec(kind="tam", rows=30))
+    command = tap_command(
+        write_json(tmp_path / "config.json", base_config(server, tam_job_ids=[tam]))
+    )
+    env = tap_env() | ({"TAP_OPENFUNNEL_LOGLEVEL": level} if level else {})
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "Skipping parse of env var settings" not in proc.stderr
+    assert ("METRIC: " in proc.stderr) is metrics
+    assert "Summary tam_companies: 1 job(s)" in proc.stderr

@@ -374,8 +374,8 @@ def test_dry_run_prints_the_plan_and_touches_nothing(server, run_tap):
     ]
     for needle in (
         f"skip      tam_companies: job {done}",
-        "re-attach tam_companies: tam_builds[1]",
-        "submit    lookalike_companies: lookalike_searches[1]",
+        "re-attach tam_companies: tam_builds[0]",
+        "submit    lookalike_companies: lookalike_searches[0]",
         "up to 300 credits",
         "max_credits 1,000",
         "Budget: the submits fit",

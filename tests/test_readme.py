@@ -62,6 +62,7 @@ def scratch_checkout(base: Path) -> Path:
         (checkout / name).symlink_to(ROOT / name)
     for name in COPIED:
         shutil.copy2(ROOT / name, checkout / name)
+    shutil.copytree(ROOT / "plugins", checkout / "plugins")  # the extractor's lockfile
     (checkout / "output").mkdir()
     meltano_dir = checkout / ".meltano"
     meltano_dir.mkdir()

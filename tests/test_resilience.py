@@ -240,6 +240,9 @@ def test_repeating_cursor_fails_the_job_after_delivering_what_came_before(
     assert (partition["next_cursor"], partition["rows_read"]) == ("page_0001", 100)
     again = run_tap(base_config(server, tam_job_ids=[job]), state=run.last_state)
     assert sorted(r["rank"] for r in again.records("tam_companies")) == list(range(101, 201))
+    resumed = f"Job {job}: resuming at page 'page_0001' (the cursor kept in state), after 100"
+    assert resumed in again.stderr
+    assert "resuming at page" not in run.stderr  # the first run started at the start
 
 
 @pytest.mark.parametrize(("strict", "code"), [(False, 0), (True, 1)])

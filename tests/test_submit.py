@@ -47,15 +47,16 @@ def company_records(messages):
 @pytest.mark.parametrize(
     ("tam_builds", "searches", "needle"),
     [
-        pytest.param(
-            [{"query": "x" * 501}], [], "tam_builds', entry 1: field 'query'", id="long-query"
-        ),
+        pytest.param([{"query": "x" * 501}], [], "tam_builds[0]: field 'query'", id="long-query"),
         pytest.param([{}], [], "field 'query' is required", id="no-query"),
         pytest.param(
             [{"query": "a", "limit": 5}], [], "field 'limit' is not accepted", id="tam-limit"
         ),
         pytest.param(
-            [], [{"query": "a", "limit": 20000}], "entry 1: field 'limit'", id="limit-high"
+            [],
+            [{"query": "a", "limit": 20000}],
+            "lookalike_searches[0]: field 'limit'",
+            id="limit-high",
         ),
         pytest.param(
             [],
@@ -76,7 +77,10 @@ def company_records(messages):
             id="min-max",
         ),
         pytest.param(
-            [], [{"query": "a"}, {"query": "b"}, {"query": "a"}], "entry 3", id="duplicate"
+            [],
+            [{"query": "a"}, {"query": "b"}, {"query": "a"}],
+            "lookalike_searches[2]: repeats lookalike_searches[0]",
+            id="duplicate",
         ),
     ],
 )

@@ -55,7 +55,34 @@ def test_full_run_emits_every_row_once(server, run_tap):
     assert jobs[tam]["request_fingerprint"] is None
     assert run.messages[-1]["type"] == "STATE"
     partitions = run.last_state["bookmarks"]["tam_companies"]["partitions"]
-    assert partitions == [{"context": {"job_id": tam}, "rows_read": 1234, "done": True}]
+    assert partitions == [
+        {
+            "context": {"job_id": tam},
+            "rows_read": 1234,
+            "done": True,
+            "terminal_at": jobs[tam]["terminal_at"],
+        }
+    ]
+
+
+def test_terminal_at_is_when_the_tap_first_saw_the_job_finished(server, run_tap):
+    """A re-read of the job (here: resumed from a saved page) reports the kept time."""
+    tam = server.add_job(JobSpec(kind="tam", rows=250))
+    first_seen = "2026-01-02T03:04:05.123456+00:00"
+    partition = {
+        "context": {"job_id": tam},
+        "rows_read": 100,
+        "next_cursor": "page_0001",
+        "terminal_at": first_seen,
+    }
+    state = {"bookmarks": {"tam_companies": {"partitions": [partition]}}}
+    run = run_tap(base_config(server, tam_job_ids=[tam]), state=state)
+    assert run.returncode == 0, run.stderr
+    (job,) = run.records("jobs")
+    assert job["terminal_at"] == first_seen
+    (kept,) = run.last_state["bookmarks"]["tam_companies"]["partitions"]
+    assert kept["terminal_at"] == first_seen
+    assert ranks(run.records("tam_companies"), tam) == list(range(101, 251))
 
 
 def test_output_passes_singer_check_tap(server, tmp_path):

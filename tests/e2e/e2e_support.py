@@ -189,15 +189,29 @@ class MeltanoProject:
         return json.loads(text).get("singer_state", {}) if text else {}
 
 
+def scratch_project(root: Path) -> Path:
+    """A copy of this Meltano project in ``root``, around the plugins ``meltano install`` made.
+
+    What Meltano writes (meltano.yml, .env, plugins/) is copied, so that a test may change
+    it; the plugins' virtualenvs are linked.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("meltano.yml", "tap-openfunnel.yml", "pyproject.toml"):
+        shutil.copy2(PROJECT_ROOT / name, root / name)
+    shutil.copytree(PROJECT_ROOT / "plugins", root / "plugins")
+    (root / ".meltano").mkdir()
+    for kind in ("extractors", "loaders"):
+        (root / ".meltano" / kind).symlink_to(PROJECT_ROOT / ".meltano" / kind)
+    return root
+
+
 def tap_env(
     server: FakeOpenFunnel, *, tam: list[str], lookalike: list[str], **extra: Any
 ) -> dict[str, str]:
     """The tap's settings as the environment variables Meltano reads (arrays as JSON).
 
-    No ``kind: decimal`` setting (poll_interval, ...) may come from the environment:
-    Meltano 4.4 casts such a value to Decimal and then fails to write the tap's config
-    ("Object of type Decimal is not JSON serializable"). The fake jobs are complete when
-    created, so the default poll interval costs nothing here.
+    Number settings come through Meltano as whole numbers (``kind: integer``: see
+    scripts/plugin_settings.py).
     """
     settings: dict[str, Any] = {
         "api_url": server.url,

@@ -29,4 +29,7 @@ def test_meltano_config_test_reports_a_wrong_key(meltano, fake_api):
     result = meltano.run("config", "test", "tap-openfunnel", env=env)
 
     assert result.returncode != 0
-    assert "Authentication failed" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    # Meltano prints the last line the tap wrote, as it is: the message, not JSON.
+    reported = output.split("Plugin configuration is invalid", 1)[1].splitlines()[1]
+    assert reported.startswith("Authentication failed"), output

@@ -161,8 +161,15 @@ def test_interrupted_run_resumes_without_duplicates(
         assert saved.get("next_cursor"), saved
 
     pages_before = tam_pages(fake_api, tam)
-    # After a SIGKILL, Meltano's record of the run still says "running": --force lets
-    # the next run start, as an operator would after a crash.
+    if interruption == "pipeline-killed":
+        # Meltano's record of the killed run still says "running" (for 5 minutes without
+        # a heartbeat): the next run is refused, as docs/meltano.md says.
+        refused = meltano.run("run", "tap-openfunnel", "target-postgres", env=env)
+        said = refused.stdout + refused.stderr
+        assert refused.returncode != 0, describe(refused)
+        assert "pipeline is already running" in said, describe(refused)
+        assert "'--force' option" in said, describe(refused)
+    # --force lets the next run start, as an operator would after a crash.
     resumed = meltano.run("run", "--force", "tap-openfunnel", "target-postgres", env=env)
 
     assert resumed.returncode == 0, describe(resumed)

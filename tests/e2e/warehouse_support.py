@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ def build_project(root: Path, loader_name: str, wrapper: str) -> Path:
     loaders[:] = [loader if p["name"] == loader_name else p for p in loaders]
     root.mkdir(parents=True, exist_ok=True)
     (root / "meltano.yml").write_text(yaml.safe_dump(meltano_yml, sort_keys=False))
+    # The extractor's definition is its lockfile.
+    shutil.copytree(PROJECT_ROOT / "plugins", root / "plugins")
     for kind, name in (("extractors", "tap-openfunnel"), ("loaders", loader_name)):
         installed = PROJECT_ROOT / ".meltano" / kind / name
         if not (installed / "venv" / "bin" / "python").is_file():
