@@ -131,6 +131,17 @@ class CompanyStream(OpenFunnelStream):
             yield encoding, manifest
             checkpoint.promote(handed)
 
+    def _log_resume(self, job_id: str, cursor: str | None, rows_read: int) -> None:
+        """Say where a job an earlier run left unfinished is picked up, if it is."""
+        if cursor:
+            self._tap.logger.info(
+                "Job %s: resuming at page %r (the cursor kept in state), after %s row(s) "
+                "read by earlier runs.",
+                job_id,
+                cursor,
+                f"{rows_read:,}",
+            )
+
     def _read_job(self, run: Run, job_id: str) -> Iterator[dict[str, t.Any]]:
         """Wait for one job, walk its pages from the checkpoint, and hand each page's end back.
 
@@ -144,14 +155,7 @@ class CompanyStream(OpenFunnelStream):
         start = checkpoint.position(job_id)
         cursor = start.cursor
         rows_total = start.rows_read
-        if cursor:
-            self._tap.logger.info(
-                "Job %s: resuming at page %r (the cursor kept in state), after %s row(s) "
-                "read by earlier runs.",
-                job_id,
-                cursor,
-                f"{rows_total:,}",
-            )
+        self._log_resume(job_id, cursor, rows_total)
         reader = PageReader(
             job_id,
             functools.partial(run.api.page_body, self.job_type, job_id),

@@ -322,6 +322,8 @@ def test_a_state_the_tap_cannot_place_is_refused_never_read_as_empty(
 def test_the_state_file_knows_every_stream_of_the_tap():
     tap = TapOpenFunnel(config={"api_key": API_KEY}, parse_env_config=False)
     assert set(tap.streams) == STREAM_NAMES
+
+
 def test_help_describes_this_taps_options():
     proc = subprocess.run(
         [sys.executable, "-m", "tap_openfunnel", "--help"],
