@@ -174,7 +174,7 @@ def test_killed_between_intent_and_answer_the_next_run_does_not_submit_again(
     again = run_tap(config)
     assert again.returncode != 0
     assert tam_server.submit_count("tam") == 1
-    assert f"tam_builds[1] ({TAM_QUERY!r}) was being submitted at 20" in again.stderr
+    assert f"tam_builds[0] ({TAM_QUERY!r}) was being submitted at 20" in again.stderr
     assert "a job may exist and be billed" in again.stderr
     assert "'tam_job_ids'" in again.stderr
     assert "unconfirmed_submits" in again.stderr
@@ -451,7 +451,7 @@ def test_the_planner_reads_the_journal_beside_state(tmp_path, row, state, config
         assert str(path) in decision.reason
         assert decision.submitted_at == row["submitted_at"]
     if decision.action is Action.BLOCKED:
-        assert "tam_builds[1]" in decision.reason
+        assert "tam_builds[0]" in decision.reason
         assert DAY in decision.reason
 
 

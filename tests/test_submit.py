@@ -426,7 +426,7 @@ def test_a_check_that_reads_stdout_and_stderr_as_one_pipe_submits_nothing(server
     assert proc.returncode == 1, output[-2000:]
     assert server.submit_count("tam") == 0
     assert "not submitted: stdout and stderr are one pipe" in output
-    assert "1 planned submit(s) were not sent (tam_builds[1]" in output
+    assert "1 planned submit(s) were not sent (tam_builds[0]" in output
     assert "2>tap.log" in output
     assert "Traceback" not in output
     records = [m for m in parse_messages(output) if m["type"] == "RECORD"]
