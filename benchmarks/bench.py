@@ -4,7 +4,8 @@ Run ``.venv/bin/python benchmarks/bench.py`` (add ``--peers`` for the side-by-si
 dlt, ``--markdown docs/benchmarks.md`` to regenerate that page, ``--readme README.md`` for
 the README's summary). Every section measures the default settings first
 (page_concurrency 4), then the others. The parts: harness.py (sizes, targets, the runner),
-startup.py (the start-up table), sections.py ((a) to (d)), peers_section.py and peers.py
+startup.py (the start-up table), sections.py ((a), (c), (d)), records_section.py
+and fast_server.py ((b), on two servers), jobs_section.py ((g)), peers_section.py and peers.py
 ((e)), report.py (what is printed and written around the figures).
 """
 
@@ -21,7 +22,9 @@ import typing as t
 from pathlib import Path
 
 from harness import DEFAULT, QUICK, Bench, BenchError
+from jobs_section import section_g
 from peers_section import section_peers
+from records_section import section_b
 from report import (
     Tee,
     header,
@@ -30,7 +33,7 @@ from report import (
     update_readme,
     write_markdown,
 )
-from sections import section_a, section_b, section_c, section_d
+from sections import section_a, section_c, section_d
 from startup import measure_startup
 from state_section import section_f
 
@@ -89,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     figures["c"] = section_c(bench, scale)
                     figures["d"] = section_d(bench, scale)
                     figures["f"] = section_f(bench, scale)
+                    figures["g"] = section_g(
+                        bench, startup["zero_job_run_s"], max(scale.b_repeats, 1)
+                    )
                 if args.peers or args.peers_only:
                     figures["e"] = section_peers(bench, scale.b_rows)
             except BenchError as exc:
