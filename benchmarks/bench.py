@@ -5,8 +5,8 @@ dlt, ``--markdown docs/benchmarks.md`` to regenerate that page, ``--readme READM
 the README's summary). Every section measures the default settings first
 (page_concurrency 4), then the others. The parts: harness.py (sizes, targets, the runner),
 startup.py (the start-up table), sections.py ((a), (c), (d)), records_section.py
-and fast_server.py ((b), on two servers), jobs_section.py ((g)), peers_section.py and peers.py
-((e)), report.py (what is printed and written around the figures).
+and fast_server.py ((b), on two servers), jobs_section.py ((g)), peers_section.py, peers.py
+and postgres_peers.py ((e)), report.py (what is printed and written around the figures).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from pathlib import Path
 
 from harness import DEFAULT, QUICK, Bench, BenchError
 from jobs_section import section_g
+from peers import PeerError
 from peers_section import section_peers
+from postgres_peers import section_postgres
 from records_section import section_b
 from report import (
     Tee,
@@ -55,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--peers",
         action="store_true",
-        help="also run tap | target-duckdb against dlt into DuckDB (builds .bench-venvs/)",
+        help="also run tap | target-duckdb against dlt into DuckDB, and tap | target-postgres "
+        "against dlt into PostgreSQL (builds .bench-venvs/)",
     )
     parser.add_argument(
         "--peers-only", action="store_true", help="run only the side-by-side with dlt"
@@ -97,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 if args.peers or args.peers_only:
                     figures["e"] = section_peers(bench, scale.b_rows)
+                    try:
+                        figures["e_postgres"] = section_postgres(bench, scale.b_rows)
+                    except PeerError as exc:
+                        raise BenchError(str(exc)) from None
             except BenchError as exc:
                 print(f"\nBenchmark aborted: {exc}", file=sys.stderr)
                 return 1
