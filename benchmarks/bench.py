@@ -26,15 +26,9 @@ from jobs_section import section_g
 from peers import PeerError
 from peers_section import section_peers
 from postgres_peers import section_postgres
+from readme_block import readme_summary, update_readme
 from records_section import section_b
-from report import (
-    Tee,
-    header,
-    readme_summary,
-    short_machine,
-    update_readme,
-    write_markdown,
-)
+from report import Tee, header, short_machine, write_markdown
 from sections import section_a, section_c, section_d
 from startup import measure_startup
 from state_section import section_f
