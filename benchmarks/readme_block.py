@@ -196,7 +196,7 @@ def _peer_rows(figures: dict[str, t.Any]) -> list[tuple[str, ...]]:
         rows.append(
             (
                 (
-                    "(e) 50,000 rows into PostgreSQL: dlt's wall time over `tap | "
+                    "(e) 50,000 rows into PostgreSQL: dlt's wall time over `tap \\| "
                     "target-postgres`'s (where the time goes: tap alone / target alone)"
                 ),
                 "tap defaults; target-postgres as in meltano.yml",

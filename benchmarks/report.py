@@ -82,9 +82,10 @@ def header(scale_name: str) -> None:
     """Print what ran where."""
     print(
         f"tap-openfunnel benchmark ({scale_name}) on {machine()}\n{byte_compile()}\n"
-        "The fake server runs in this process (threaded, 127.0.0.1); the tap runs as its CLI "
-        "in a fresh process per figure.\nFigures are not assertions: compare them within "
-        "one run, machines are noisy.\n"
+        "The sandbox server runs in this process (threaded, 127.0.0.1); (b) also uses "
+        "benchmarks/fast_server.py, a process of its own\nanswering from memory. The tap "
+        "runs as its CLI in a fresh process per figure.\nFigures are not assertions: "
+        "compare them within one run; this machine is shared with other sessions.\n"
     )
 
 
@@ -278,7 +279,7 @@ Where a target is missed or close, this is why:
   the settings meltano.yml ships. The row "use_copy on, validate_records off" is the
   same pipeline with two of the target's own settings changed (COPY instead of INSERT,
   no second validation of records the tap has already shaped to the schema): that
-  halves the target's CPU. meltano.yml is left as it is here; whether to ship those
+  cuts the target's CPU by half or more. meltano.yml is left as it is here; whether to ship those
   settings is a decision for the project (upserts, which this project's loader is set
   up for, go through a temporary table either way).
 - (b) on the fast server measures the client alone: there the bare loop's one
