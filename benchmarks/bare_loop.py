@@ -21,7 +21,14 @@ def main() -> None:
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--path", default="/api/v1/tam/build", help="Job family base path")
     parser.add_argument("--stream", default="tam_companies")
+    parser.add_argument(
+        "--import-singer-sdk",
+        action="store_true",
+        help="import singer_sdk first: the same start-up as the tap pays",
+    )
     args = parser.parse_args()
+    if args.import_singer_sdk:
+        import singer_sdk  # noqa: F401, PLC0415 - its import time is the point
 
     session = requests.Session()
     session.headers["X-API-Key"] = args.api_key

@@ -4,8 +4,10 @@ Run ``.venv/bin/python benchmarks/bench.py`` (add ``--peers`` for the side-by-si
 dlt, ``--markdown docs/benchmarks.md`` to regenerate that page, ``--readme README.md`` for
 the README's summary). Every section measures the default settings first
 (page_concurrency 4), then the others. The parts: harness.py (sizes, targets, the runner),
-startup.py (the start-up table), sections.py ((a) to (d)), peers_section.py and peers.py
-((e)), cap_section.py ((g)), report.py (what is printed and written around the figures).
+startup.py (the start-up table), sections.py ((a), (c), (d)), records_section.py
+and fast_server.py ((b), on two servers), jobs_section.py ((g)), cap_section.py ((h)),
+peers_section.py, peers.py and postgres_peers.py ((e)), report.py (what is printed and
+written around the figures).
 """
 
 from __future__ import annotations
@@ -22,22 +24,36 @@ import typing as t
 from pathlib import Path
 
 from cap_section import section_cap
-from harness import DEFAULT, QUICK, Bench, BenchError
+from harness import DEFAULT, QUICK, Bench, BenchError, Scale
+from jobs_section import section_g
+from peers import PeerError
 from peers_section import section_peers
-from report import (
-    Tee,
-    header,
-    readme_summary,
-    short_machine,
-    update_readme,
-    write_markdown,
-)
-from sections import section_a, section_b, section_c, section_d
+from postgres_peers import section_postgres
+from readme_block import readme_summary, update_readme
+from records_section import section_b
+from report import Tee, header, short_machine, write_markdown
+from sections import section_a, section_c, section_d
 from startup import measure_startup
 from state_section import section_f, section_f_jobs
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
+
+
+def tap_sections(bench: Bench, scale: Scale) -> dict[str, t.Any]:
+    """Start-up and sections (a) to (h): the tap alone, without the peers."""
+    startup = measure_startup(bench, scale)
+    return {
+        "startup": startup,
+        "a": section_a(bench, scale, startup["zero_job_run_s"]),
+        "b": section_b(bench, scale),
+        "c": section_c(bench, scale),
+        "d": section_d(bench, scale),
+        "f": section_f(bench, scale),
+        "f_jobs": section_f_jobs(bench, scale),
+        "g": section_g(bench, startup["zero_job_run_s"], max(scale.b_repeats, 1)),
+        "h": section_cap(),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--peers",
         action="store_true",
-        help="also run tap | target-duckdb against dlt into DuckDB (builds .bench-venvs/)",
+        help="also run tap | target-duckdb against dlt into DuckDB, and tap | target-postgres "
+        "against dlt into PostgreSQL (builds .bench-venvs/)",
     )
     parser.add_argument(
         "--peers-only", action="store_true", help="run only the side-by-side with dlt"
@@ -86,17 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "machine": short_machine(),
                 }
                 if not args.peers_only:
-                    startup = measure_startup(bench, scale)
-                    figures["startup"] = startup
-                    figures["a"] = section_a(bench, scale, startup["zero_job_run_s"])
-                    figures["b"] = section_b(bench, scale)
-                    figures["c"] = section_c(bench, scale)
-                    figures["d"] = section_d(bench, scale)
-                    figures["f"] = section_f(bench, scale)
-                    figures["f_jobs"] = section_f_jobs(bench, scale)
-                    figures["g"] = section_cap()
+                    figures.update(tap_sections(bench, scale))
                 if args.peers or args.peers_only:
                     figures["e"] = section_peers(bench, scale.b_rows)
+                    try:
+                        figures["e_postgres"] = section_postgres(bench, scale.b_rows)
+                    except PeerError as exc:
+                        raise BenchError(str(exc)) from None
             except BenchError as exc:
                 print(f"\nBenchmark aborted: {exc}", file=sys.stderr)
                 return 1

@@ -1,4 +1,4 @@
-"""(g) The spend cap: how far past ``max_credits`` a run's TAM builds bill, before and after.
+"""(h) The spend cap: how far past ``max_credits`` a run's TAM builds bill, before and after.
 
 Run ``.venv/bin/python benchmarks/cap_section.py``. The fake server's TAM builds deliver
 rows band by band (nothing of a band shows until it is finished); a cancel keeps, and
@@ -173,7 +173,7 @@ def section_cap() -> list[dict[str, t.Any]]:
                 "after_polls": after_polls,
             }
         )
-    print(f"(g) Spend cap: credits billed with max_credits {CAP:,} (fake clock, default polls)")
+    print(f"(h) Spend cap: credits billed with max_credits {CAP:,} (fake clock, default polls)")
     print(f"  {'case':<50} {'before':>24} {'after':>24}")
     for row in rows:
         cells = [

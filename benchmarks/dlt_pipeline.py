@@ -1,6 +1,7 @@
-"""The peer: dlt's rest_api source reading one completed job's pages into DuckDB.
+"""The peer: dlt's rest_api source reading one completed job's pages into DuckDB or PostgreSQL.
 
-Run by bench.py with the Python of .bench-venvs/dlt (dlt[duckdb] installed there), never
+Run by bench.py with the Python of .bench-venvs/dlt (dlt[duckdb]) or .bench-venvs/dlt-postgres
+(dlt[postgres]), never
 by the tap's own environment. What a user might write instead of the tap: a cursor
 paginator on ``next_cursor``, rows at ``rows``. It cannot submit or wait for a job; the
 job it reads is already completed.
@@ -25,7 +26,9 @@ def main() -> int:
     parser.add_argument("--url", required=True, help="Base URL of the (fake) API")
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--job-id", required=True)
-    parser.add_argument("--database", required=True, help="DuckDB file to load into")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--database", help="DuckDB file to load into")
+    where.add_argument("--postgres", help="PostgreSQL URL to load into (dlt[postgres])")
     parser.add_argument("--pipelines-dir", required=True, help="dlt's working folder")
     parser.add_argument("--dataset", default="openfunnel_dlt")
     args = parser.parse_args()
@@ -60,7 +63,11 @@ def main() -> int:
     )
     pipeline = dlt.pipeline(
         pipeline_name="openfunnel_bench",
-        destination=dlt.destinations.duckdb(args.database),
+        destination=(
+            dlt.destinations.postgres(args.postgres)
+            if args.postgres
+            else dlt.destinations.duckdb(args.database)
+        ),
         dataset_name=args.dataset,
         pipelines_dir=args.pipelines_dir,
     )

@@ -43,33 +43,41 @@ class PeerError(Exception):
     """A peer pipeline could not be built or run, so there is nothing to compare."""
 
 
-def shipped_target_settings(meltano_yml: Path = MELTANO_YML) -> dict[str, t.Any]:
-    """The target-duckdb settings the project's meltano.yml gives a value.
+def shipped_target_settings(
+    meltano_yml: Path = MELTANO_YML,
+    *,
+    loader_name: str = "target-duckdb",
+    left_out: tuple[str, ...] = ("filepath",),
+) -> dict[str, t.Any]:
+    """The settings of a loader that the project's meltano.yml gives a value.
 
-    What ``meltano run tap-openfunnel target-duckdb`` passes the target, so (e) measures
-    the pipeline users run; ``filepath`` is left out (each run gets a fresh file).
+    What ``meltano run tap-openfunnel <loader>`` passes the target, so (e) measures
+    the pipeline users run; where it loads (``left_out``) is each run's own.
 
     Args:
         meltano_yml: The project file.
+        loader_name: The loader.
+        left_out: Settings each run sets itself.
 
     Returns:
         Setting name to value.
 
     Raises:
-        PeerError: If meltano.yml defines no target-duckdb loader.
+        PeerError: If meltano.yml defines no such loader.
     """
     project = yaml.safe_load(meltano_yml.read_text(encoding="utf-8"))
     for loader in project.get("plugins", {}).get("loaders", []):
-        if loader.get("name") == "target-duckdb":
+        if loader.get("name") == loader_name:
             values = {
                 setting["name"]: setting["value"]
                 for setting in loader.get("settings", [])
                 if "value" in setting
             }
             values.update(loader.get("config") or {})
-            values.pop("filepath", None)
+            for name in left_out:
+                values.pop(name, None)
             return values
-    msg = f"{meltano_yml} defines no target-duckdb loader"
+    msg = f"{meltano_yml} defines no {loader_name} loader"
     raise PeerError(msg)
 
 

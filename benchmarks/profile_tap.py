@@ -1,8 +1,9 @@
-"""Profile the tap's record path with cProfile against the in-process fake server."""
+"""Profile the tap's record path with cProfile, against the fast server (or the sandbox)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pstats
 import subprocess
@@ -10,6 +11,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fast_server import FastServer
 
 from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
 
@@ -108,15 +111,27 @@ def main() -> int:
     parser.add_argument("--page-concurrency", type=int, default=4, help="default: the tap's")
     parser.add_argument("--top", type=int, default=25, help="functions listed")
     parser.add_argument("--output", type=Path, help="keep the pstats file here")
+    parser.add_argument(
+        "--server",
+        choices=("fast", "sandbox"),
+        default="fast",
+        help="fast: pre-rendered pages from a process of its own (default); sandbox: the "
+        "in-process sandbox, which renders each page per request",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tap-openfunnel-profile-") as workdir:
         output = args.output or Path(workdir) / "tap.pstats"
         config = Path(workdir) / "config.json"
-        with FakeOpenFunnel() as server:
-            job_id = server.add_job(JobSpec(kind="tam", rows=args.rows))
+        with contextlib.ExitStack() as stack:
+            if args.server == "fast":
+                fast = stack.enter_context(FastServer([args.rows]))
+                url, job_id = fast.url, fast.jobs[0]
+            else:
+                server = stack.enter_context(FakeOpenFunnel())
+                url, job_id = server.url, server.add_job(JobSpec(kind="tam", rows=args.rows))
             settings = {
                 "api_key": "of_test_key",
-                "api_url": server.url,
+                "api_url": url,
                 "tam_job_ids": [job_id],
                 "page_concurrency": args.page_concurrency,
             }
@@ -145,7 +160,7 @@ def main() -> int:
         stats = pstats.Stats(str(output))
         print(
             f"{records:,} records in {wall:.2f} s under cProfile "
-            f"(page_concurrency {args.page_concurrency}).\n"
+            f"(page_concurrency {args.page_concurrency}, {args.server} server).\n"
         )
         print("Where one record's time goes (cumulative, so steps nest: all run inside the last):")
         for label, seconds in step_times(stats).items():

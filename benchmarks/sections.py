@@ -1,9 +1,8 @@
-"""Sections (a) to (d): the tap at its defaults first, then the others."""
+"""Sections (a), (c) and (d): the tap at its defaults first, then the others."""
 
 from __future__ import annotations
 
 import statistics
-import sys
 import threading
 import time
 import typing as t
@@ -12,17 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from harness import (
     API_KEY,
-    DEFAULT_CONCURRENCY,
-    HERE,
     MIB,
     PAGE_SIZE,
     TAM_PATH,
     TARGET_A,
-    TARGET_B,
     TARGET_C,
     TARGET_D,
     Bench,
-    Run,
     Scale,
     expect_records,
     print_table,
@@ -170,117 +165,6 @@ def section_a(bench: Bench, scale: Scale, startup: float) -> dict[str, t.Any]:
         "floor_s": floor,
         "floor_x_bound": floor / bound,
     }
-
-
-def section_b(bench: Bench, scale: Scale) -> dict[str, t.Any]:
-    """(b) Records per second of the tap against a bare requests + json.dumps loop.
-
-    Args:
-        bench: The runner.
-        scale: Sizes.
-
-    Returns:
-        Figures per variant and the ratio.
-    """
-    rows = scale.b_rows
-    default = f"tap, concurrency {DEFAULT_CONCURRENCY}"
-    print(
-        f"\n(b) Record path: completed TAM job of {rows:,} rows ({rows // PAGE_SIZE} pages), "
-        "no server latency. Each process writes its\n    stdout to a pipe read by a separate "
-        "drain process (benchmarks/drain.py). 'e2e' = records / wall, start-up and job "
-        "polling\n    included; 'steady' = records between the first and the last record "
-        f"line the drain read. Best of {scale.b_repeats}.\n"
-        f"    Target: {default} (the default) e2e records/s >= {TARGET_B:.1f}x the bare loop's."
-    )
-    with FakeOpenFunnel(page_size=PAGE_SIZE) as server:
-        job_id = server.add_job(JobSpec(kind="tam", rows=rows))
-        empty_id = server.add_job(JobSpec(kind="tam", rows=0))
-
-        def bare(job: str) -> Run:
-            command = [
-                sys.executable,
-                str(HERE / "bare_loop.py"),
-                f"--url={server.url}",
-                f"--api-key={API_KEY}",
-                f"--job-id={job}",
-                f"--path={TAM_PATH}",
-            ]
-            return bench.run(command, timed_stream="tam_companies")
-
-        def tap(concurrency: int) -> t.Callable[[str], Run]:
-            return lambda job: bench.tap_run(
-                bench.config(server, tam_job_ids=[job], page_concurrency=concurrency)
-            )
-
-        variants = {
-            "bare loop": bare,
-            default: tap(DEFAULT_CONCURRENCY),
-            "tap, concurrency 1": tap(1),
-        }
-        # A job with no rows costs each variant its fixed share (start-up, imports, one
-        # request); subtracting its CPU leaves the cost of the records.
-        fixed = {name: variant(empty_id).cpu for name, variant in variants.items()}
-        runs: dict[str, list[Run]] = {name: [] for name in variants}
-        # Interleaved, so that a slow spell of a noisy machine hits every variant.
-        for _ in range(scale.b_repeats):
-            for name, variant in variants.items():
-                run = variant(job_id)
-                expect_records(run, "tam_companies", rows, f"(b) {name}")
-                runs[name].append(run)
-    best = {name: min(tries, key=lambda run: run.wall) for name, tries in runs.items()}
-    bare_best = best["bare loop"]
-    bare_steady = max(run.steady_rate("tam_companies") for run in runs["bare loop"])
-    figures: dict[str, t.Any] = {"rows": rows, "variants": {}}
-    table: list[list[str]] = []
-    for name, run in best.items():
-        steady = max(run.steady_rate("tam_companies") for run in runs[name])
-        e2e_ratio = bare_best.wall / run.wall
-        cpu_per_record = (run.cpu - fixed[name]) / rows * 1e6
-        is_target = name == default
-        table.append(
-            [
-                name,
-                f"{run.wall:.2f}",
-                f"{rows / run.wall:,.0f}",
-                f"{e2e_ratio:.2f}",
-                f"{steady:,.0f}",
-                f"{steady / bare_steady:.2f}",
-                f"{cpu_per_record:.0f}",
-                f">= {TARGET_B:.2f}" if is_target else "",
-                verdict(e2e_ratio, TARGET_B, at_most=False) if is_target else "",
-            ]
-        )
-        figures["variants"][name] = {
-            "wall_s": run.wall,
-            "e2e_records_per_s": rows / run.wall,
-            "e2e_ratio_to_bare": e2e_ratio,
-            "steady_records_per_s": steady,
-            "steady_ratio_to_bare": steady / bare_steady,
-            "cpu_s": run.cpu,
-            "fixed_cpu_s": fixed[name],
-            "net_cpu_us_per_record": cpu_per_record,
-        }
-    print_table(
-        [
-            "",
-            "wall s",
-            "e2e rec/s",
-            "e2e/bare",
-            "steady rec/s",
-            "steady/bare",
-            "CPU us/rec",
-            "target",
-            "",
-        ],
-        table,
-    )
-    print(
-        "    CPU us/rec: the child's own CPU, minus that of the same command on a job with "
-        "no rows, per record.\n    The server's share (row generation, JSON encoding) runs "
-        "in the bench process, the same for every variant."
-    )
-    figures["ratio"] = figures["variants"][default]["e2e_ratio_to_bare"]
-    return figures
 
 
 def section_c(bench: Bench, scale: Scale) -> list[dict[str, float]]:

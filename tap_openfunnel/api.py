@@ -6,7 +6,7 @@ import typing as t
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from tap_openfunnel.decoding import decode_page_fields
+from tap_openfunnel.decoding import decode_object, decode_page_fields
 from tap_openfunnel.exceptions import ApiError
 from tap_openfunnel.job_ids import job_id_problem
 from tap_openfunnel.jobs import JobType
@@ -77,19 +77,25 @@ class JobAPI:
         """
         return self.client.submit(ENDPOINTS[job_type].base, body)
 
-    def poll(self, job_type: JobType, job_id: str, cursor: str | None) -> dict[str, t.Any]:
+    def poll(
+        self, job_type: JobType, job_id: str, cursor: str | None, body: bytes | None = None
+    ) -> dict[str, t.Any]:
         """Read a job's status, manifest and the page at ``cursor`` (None: the first).
 
         Args:
             job_type: The job family.
             job_id: The job.
             cursor: The page to return with the status.
+            body: The answer from :meth:`page_body`, if already fetched (a poll and a
+                page read are the same request).
 
         Returns:
             The decoded answer.
         """
         params = {"cursor": cursor} if cursor else None
-        return self.client.get(ENDPOINTS[job_type].job(job_id), params=params)
+        return self.client.get_decoded(
+            ENDPOINTS[job_type].job(job_id), params, decode_object, body=body
+        )
 
     def page_body(self, job_type: JobType, job_id: str, cursor: str | None) -> bytes:
         """Fetch one page's body, undecoded (safe to call from prefetch threads).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import itertools
 import logging
 import time
 import typing as t
@@ -23,7 +25,7 @@ from tap_openfunnel.logs import shown
 from tap_openfunnel.pagination import Page
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
 
 
 LOGGER = logging.getLogger("tap-openfunnel")
@@ -124,6 +126,8 @@ class TrackedJob:
 
 
 Fetch = t.Callable[[JobType, str, "str | None"], "Mapping[str, t.Any]"]
+# Starts fetching a poll's answer; the function returned waits for it and decodes it.
+FetchAhead = t.Callable[[JobType, str, "str | None"], "Callable[[], Mapping[str, t.Any]]"]
 
 
 class JobPoller:
@@ -140,6 +144,10 @@ class JobPoller:
         on_snapshot: Called after every poll (the budget guard hooks in here).
         interval_limit: The longest a job may wait for its next poll, or None for its own
             schedule (the budget guard asks for sooner polls near ``max_credits``).
+        fetch_ahead: Starts a poll in the background; when given, the jobs due at the
+            same time are polled together, up to ``ahead`` at once, their answers
+            still handled one by one in plan order.
+        ahead: Polls started and not yet handled, at most.
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only knobs
@@ -154,6 +162,8 @@ class JobPoller:
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
         on_snapshot: Callable[[TrackedJob, JobSnapshot], None] | None = None,
         interval_limit: Callable[[TrackedJob], float | None] | None = None,
+        fetch_ahead: FetchAhead | None = None,
+        ahead: int = 1,
     ) -> None:
         self._fetch = fetch
         self.poll_interval = poll_interval
@@ -164,6 +174,8 @@ class JobPoller:
         self._now = now
         self._on_snapshot = on_snapshot
         self.interval_limit = interval_limit
+        self._fetch_ahead = fetch_ahead
+        self._ahead = max(1, ahead)
         self.jobs: dict[str, TrackedJob] = {}
 
     def track(self, job_id: str, job_type: JobType, cursor: str | None = None) -> TrackedJob:
@@ -217,12 +229,14 @@ class JobPoller:
     def _run_until(self, done: Callable[[], bool]) -> None:
         while not done():
             now = self._clock()
-            active = [job for job in self.jobs.values() if not job.settled]
-            for job in active:
+            due = []
+            for job in [job for job in self.jobs.values() if not job.settled]:
                 if now >= job.deadline:
                     job.error = self._timeout_error(job)
                 elif now >= job.next_poll:
-                    self._poll(job)
+                    due.append(job)
+            for job, answer in self._answers(due):
+                self._poll(job, answer)
             if done():
                 return
             pending = [
@@ -231,9 +245,37 @@ class JobPoller:
             if pending:
                 self._sleep(max(min(pending) - self._clock(), 0.0))
 
-    def _poll(self, job: TrackedJob) -> None:
+    def _answers(
+        self, due: list[TrackedJob]
+    ) -> Iterator[tuple[TrackedJob, Callable[[], Mapping[str, t.Any]] | None]]:
+        """Each due job with its answer started ahead (None: poll it in turn)."""
+        fetch_ahead = self._fetch_ahead
+        if fetch_ahead is None or len(due) < 2:  # noqa: PLR2004 - one poll waits alone
+            yield from ((job, None) for job in due)
+            return
+        window: collections.deque[tuple[TrackedJob, Callable[[], Mapping[str, t.Any]]]]
+        window = collections.deque()
+        waiting = iter(due)
+
+        def fill() -> None:
+            for job in itertools.islice(waiting, self._ahead - len(window)):
+                window.append((job, fetch_ahead(job.job_type, job.job_id, job.cursor)))
+
+        fill()
+        while window:
+            item = window.popleft()
+            fill()  # the next poll goes out before this answer is handled
+            yield item
+
+    def _poll(
+        self, job: TrackedJob, answer: Callable[[], Mapping[str, t.Any]] | None = None
+    ) -> None:
         try:
-            body = self._fetch(job.job_type, job.job_id, job.cursor)
+            body = (
+                answer()
+                if answer is not None
+                else self._fetch(job.job_type, job.job_id, job.cursor)
+            )
         except NotFoundError:
             job.error = self._not_found(job)
             return

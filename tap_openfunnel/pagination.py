@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import typing as t
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from tap_openfunnel import signals
 from tap_openfunnel.bounds import check_page
 from tap_openfunnel.exceptions import MalformedPageError, PageSequenceError
 from tap_openfunnel.logs import shown
+from tap_openfunnel.prefetch import Lookahead, RequestBudget
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
+
+    from tap_openfunnel.prefetch import Request
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
@@ -203,6 +205,37 @@ class NextCursorPaginator:
         raise PageSequenceError(self.job_id, msg, page)
 
 
+def page_requests(
+    job_id: str,
+    fetch_body: Callable[[str | None], bytes],
+    start: str | None,
+    total_pages: int | None,
+    *,
+    first_at_hand: bool,
+) -> Iterator[Request]:
+    """The page requests :class:`PageReader` makes ahead for one job, in reading order.
+
+    None when the walk cannot be planned: the cursor scheme is not ``page_NNNN`` or the
+    manifest gives no page count (the pages are then read one at a time).
+
+    Args:
+        job_id: The job.
+        fetch_body: Fetches one page's body by cursor.
+        start: The cursor the walk starts at (None: the first page).
+        total_pages: ``manifest.pages``, when known.
+        first_at_hand: True when the start page came with the poll (not fetched again).
+
+    Yields:
+        ``((job_id, page name), fetch)`` for each page to fetch ahead.
+    """
+    start_index = page_index(start)
+    if total_pages is None or start_index is None:
+        return
+    for index in range(start_index + first_at_hand, total_pages):
+        name = page_name(index)
+        yield (job_id, name), functools.partial(fetch_body, name)
+
+
 class PageReader:
     """Reads a terminal job's pages in order, with up to ``concurrency`` requests in flight.
 
@@ -213,10 +246,15 @@ class PageReader:
     itself and its successor as expected. On any disagreement the reader falls back to
     following ``next_cursor`` one page at a time.
 
+    The bodies fetched ahead come from a :class:`~tap_openfunnel.prefetch.Lookahead`:
+    the run's, which fetches across jobs (the next jobs' pages while this one's are
+    emitted), or, when none is given, one of the reader's own over this job's pages.
+
     Prefetch threads only fetch bytes; every body is decoded in the thread that iterates
-    :meth:`pages`. Objects built in a worker thread are allocated in that thread's own
-    malloc arena and freed from another; decoding there left each worker's arena holding
-    decoded pages' leftovers, the suspected source of issue 12's native memory growth
+    :meth:`pages`, in :meth:`_decode`, the one place a page's answer becomes a page.
+    Objects built in a worker thread are allocated in that thread's own malloc arena and
+    freed from another; decoding there left each worker's arena holding decoded pages'
+    leftovers, the suspected source of issue 12's native memory growth
     (docs/benchmarks.md).
 
     Args:
@@ -227,6 +265,7 @@ class PageReader:
             decodes the page itself when ``body`` is None; re-reads a body that does
             not decode.
         concurrency: Page requests in flight (1: strictly sequential).
+        lookahead: The run's look-ahead, shared by every job it reads.
     """
 
     def __init__(
@@ -236,11 +275,13 @@ class PageReader:
         read_page: Callable[[str | None, bytes | None], Page],
         *,
         concurrency: int = 1,
+        lookahead: Lookahead | None = None,
     ) -> None:
         self.job_id = job_id
         self._fetch_body = fetch_body
         self._read_page = read_page
         self.concurrency = max(1, concurrency)
+        self._lookahead = lookahead
 
     def pages(
         self,
@@ -273,14 +314,21 @@ class PageReader:
             first = None
         yield from self._sequential(paginator, first)
 
+    def _decode(self, cursor: str | None, body: bytes | None) -> Page:
+        """The page answered for ``cursor``, from its body (None: fetched here, in turn)."""
+        if body is None and self._lookahead is not None:
+            # Within the run's budget of requests in flight.
+            body = self._lookahead.budget.call(functools.partial(self._fetch_body, cursor))
+        return self._read_page(cursor, body)
+
     def _sequential(self, paginator: NextCursorPaginator, first: Page | None) -> Iterator[Page]:
-        page = first if first is not None else self._read_page(paginator.current, None)
+        page = first if first is not None else self._decode(paginator.current, None)
         while True:
             paginator.accept(page)
             yield page
             if paginator.finished:
                 return
-            page = self._read_page(paginator.current, None)
+            page = self._decode(paginator.current, None)
 
     def _prefetched(
         self,
@@ -294,39 +342,28 @@ class PageReader:
         On return, ``paginator`` is finished, or its ``current`` names the next page to
         read one at a time.
         """
-        executor = ThreadPoolExecutor(
-            max_workers=self.concurrency,
-            thread_name_prefix=f"pages-{self.job_id[:8]}",
-            # SIGINT/SIGTERM go to the main thread, which holds them while it writes.
-            initializer=signals.keep_from_this_thread,
-        )
-        # Pages asked for and not yet decoded: at most twice `concurrency`, so memory is
-        # bounded by that many page bodies whatever the job's size. The executor has
-        # `concurrency` workers, so that many requests are in flight; the others wait
-        # in its queue, and a worker takes the next one the moment its answer is in,
-        # not when this thread gets to that page. Round trips then follow each other
-        # without waiting for the records of earlier pages to be written. A page at
-        # hand takes no slot.
-        window: dict[int, Future[bytes]] = {}
-        upcoming = iter(range(start_index + (first is not None), total_pages))
-
-        def fill() -> None:
-            while len(window) < 2 * self.concurrency:
-                index = next(upcoming, None)
-                if index is None:
-                    return
-                window[index] = executor.submit(self._fetch_body, page_name(index))
-
+        lookahead, own = self._lookahead, None
+        if lookahead is None:
+            own = RequestBudget(self.concurrency)
+            lookahead = Lookahead(
+                own,
+                page_requests(
+                    self.job_id,
+                    self._fetch_body,
+                    page_name(start_index),
+                    total_pages,
+                    first_at_hand=first is not None,
+                ),
+            )
+            # The workers start on this job's pages before the first is needed.
+            lookahead.fill()
         try:
-            fill()
             for index in range(start_index, total_pages):
                 if index == start_index and first is not None:
                     page = first
                 else:
-                    body = window.pop(index).result()
-                    # Ask for the next page before decoding this one.
-                    fill()
-                    page = self._read_page(page_name(index), body)
+                    body = lookahead.take((self.job_id, page_name(index)))
+                    page = self._decode(page_name(index), body)
                     del body
                 if page.name != page_name(index):
                     LOGGER.warning(
@@ -362,4 +399,8 @@ class PageReader:
                     )
                     return
         finally:
-            executor.shutdown(wait=False, cancel_futures=True)
+            # Whatever this job left fetched ahead is of no use any more.
+            lookahead.forget(self.job_id)
+            if own is not None:
+                lookahead.close()
+                own.close()

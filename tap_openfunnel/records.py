@@ -207,13 +207,21 @@ class RowShaper:
         known = self._known
         count = len(fields)
         keep = self.keep_unknown
+        # Lists of strings the decoder proved clean are taken as they are: _coerce would
+        # only copy them.
+        lists_taken = frozenset(self._arrays) if text_checked else frozenset()
         for rank, row in enumerate(rows, start=first_rank):
             record: dict[str, t.Any] = {"job_id": job_id, "page": page, "rank": rank}
             for name in fields:
                 value = row.get(name)
                 if value is not None:
-                    if type(value) not in taken[name] or (
-                        name in ints and not INT64_MIN <= value <= INT64_MAX
+                    if (
+                        type(value) not in taken[name]
+                        or (name in ints and not INT64_MIN <= value <= INT64_MAX)
+                    ) and not (
+                        name in lists_taken
+                        and type(value) is list
+                        and all(type(item) is str for item in value)
                     ):
                         value = self._coerce(name, value)
                     elif (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import typing as t
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, Trac
 from tap_openfunnel.logs import shown
 from tap_openfunnel.outcomes import log_summary, row_count_mismatch
 from tap_openfunnel.planner import SUBMITTING, Action
+from tap_openfunnel.prefetch import RequestBudget
 from tap_openfunnel.submissions import UnconfirmedSubmitError
 
 if t.TYPE_CHECKING:
@@ -101,13 +103,17 @@ class Run:
             watch_interval=settings.poll_interval,
             min_interval=1.0,
         )
+        # Every read request of the run (polls and pages) counts against it.
+        self.requests = RequestBudget(settings.page_concurrency)
         self.poller = poller_factory(
-            api.poll,
+            self._poll,
             poll_interval=settings.poll_interval,
             max_poll_interval=settings.max_poll_interval,
             job_timeout=settings.job_timeout,
             on_snapshot=self._on_snapshot,
             interval_limit=self.budget.poll_within,
+            fetch_ahead=self._poll_ahead if self.requests.limit > 1 else None,
+            ahead=2 * self.requests.limit,
         )
         self.progress: dict[str, JobProgress] = {}
         self.skipped_submits: list[PlannedJob] = []
@@ -262,6 +268,16 @@ class Run:
             planned.job_type,
             cursor=self.checkpoint.position(job_id).cursor,
         )
+
+    def _poll(self, job_type: JobType, job_id: str, cursor: str | None) -> Mapping[str, t.Any]:
+        return self.requests.call(functools.partial(self.api.poll, job_type, job_id, cursor))
+
+    def _poll_ahead(
+        self, job_type: JobType, job_id: str, cursor: str | None
+    ) -> Callable[[], Mapping[str, t.Any]]:
+        # A worker moves the bytes; the answer is decoded in the thread that handles it.
+        body = self.requests.submit(functools.partial(self.api.page_body, job_type, job_id, cursor))
+        return lambda: self.api.poll(job_type, job_id, cursor, body=body.result())
 
     def wait(self, job_id: str) -> JobSnapshot | None:
         """Wait until the job is terminal (polling the others meanwhile).

@@ -167,8 +167,10 @@ CONFIG_SCHEMA = th.PropertiesList(
         th.IntegerType(minimum=1, maximum=32),
         default=4,
         title="Page concurrency",
-        description="Result pages fetched in parallel once a job is terminal (1: one at "
-        "a time). Records are still emitted in page order.",
+        description="Read requests in flight at once, polls and result pages, across "
+        "jobs: while one job's records are written, the next pages of it and of the "
+        "following finished jobs are fetched (1: one at a time). Records are still "
+        "emitted in job and page order.",
     ),
     th.Property(
         "request_timeout",

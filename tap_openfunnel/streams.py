@@ -20,9 +20,10 @@ from tap_openfunnel.exceptions import (
     JobError,
     PageSequenceError,
 )
-from tap_openfunnel.jobs import JobType
+from tap_openfunnel.jobs import JobStatus, JobType
 from tap_openfunnel.pagination import MAX_PAGES_WITHOUT_MANIFEST as MAX_PAGES
-from tap_openfunnel.pagination import PageReader, page_name
+from tap_openfunnel.pagination import PageReader, page_name, page_requests
+from tap_openfunnel.prefetch import Lookahead
 from tap_openfunnel.records import EXTRA_FIELD, RowShaper
 from tap_openfunnel.safe_values import keep_json
 from tap_openfunnel.settings import setting
@@ -39,6 +40,7 @@ if t.TYPE_CHECKING:
     from singer_sdk.helpers._batch import BaseBatchFileEncoding, BatchConfig
     from singer_sdk.helpers.types import Context
 
+    from tap_openfunnel.prefetch import Request
     from tap_openfunnel.run import Run
     from tap_openfunnel.tap import TapOpenFunnel
 
@@ -114,8 +116,42 @@ class CompanyStream(OpenFunnelStream):
     @override
     def get_records(self, context: Context | None) -> Iterable[dict[str, t.Any]]:
         run = self._tap.run
-        for job_id in run.jobs_to_read(self.name):
-            yield from self._read_job(run, job_id)
+        job_ids = run.jobs_to_read(self.name)
+        # One look-ahead for all the stream's jobs: while a job's pages are emitted, the
+        # next jobs' pages are already being fetched, within the run's request budget.
+        lookahead = (
+            Lookahead(run.requests, self._pages_ahead(run, job_ids))
+            if run.settings.page_concurrency > 1
+            else None
+        )
+        try:
+            for job_id in job_ids:
+                yield from self._read_job(run, job_id, lookahead)
+        finally:
+            if lookahead is not None:
+                lookahead.close()
+
+    def _pages_ahead(self, run: Run, job_ids: list[str]) -> Iterator[Request | None]:
+        """The pages :meth:`_read_job` will read, job after job (None: not known yet).
+
+        A job's pages are known once its poll said it is terminal, with the manifest's
+        page count; until then the plan waits there (None), without polling.
+        """
+        for job_id in job_ids:
+            tracked = run.poller.jobs.get(job_id)
+            while tracked is not None and not tracked.settled:
+                yield None
+            snapshot = tracked.last if tracked is not None and tracked.error is None else None
+            if snapshot is None or snapshot.status == JobStatus.FAILED.value:
+                continue  # no pages to read
+            cursor = run.checkpoint.position(job_id).cursor
+            yield from page_requests(
+                job_id,
+                functools.partial(run.api.page_body, self.job_type, job_id),
+                cursor,
+                manifest_pages(snapshot.manifest),
+                first_at_hand=snapshot.cursor == cursor,
+            )
 
     @override
     def get_batches(
@@ -142,7 +178,9 @@ class CompanyStream(OpenFunnelStream):
                 f"{rows_read:,}",
             )
 
-    def _read_job(self, run: Run, job_id: str) -> Iterator[dict[str, t.Any]]:
+    def _read_job(
+        self, run: Run, job_id: str, lookahead: Lookahead | None = None
+    ) -> Iterator[dict[str, t.Any]]:
         """Wait for one job, walk its pages from the checkpoint, and hand each page's end back.
 
         Whatever goes wrong with this job's pages fails this job only; the run goes on
@@ -161,6 +199,7 @@ class CompanyStream(OpenFunnelStream):
             functools.partial(run.api.page_body, self.job_type, job_id),
             functools.partial(run.api.read_page, self.job_type, job_id),
             concurrency=run.settings.page_concurrency,
+            lookahead=lookahead,
         )
         try:
             for page in reader.pages(

@@ -14,6 +14,7 @@ from singer_sdk import Stream
 from singer_sdk.contrib.msgspec import MsgSpecWriter, serialize_jsonl
 from singer_sdk.helpers._state import StateWriter
 from singer_sdk.helpers.conform import TypeConformanceLevel
+from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib import RecordMessage, StateMessage
 from singer_sdk.singerlib.encoding.base import SingerMessageType
 
@@ -30,6 +31,8 @@ else:
 if t.TYPE_CHECKING:
     from collections.abc import Generator
 
+    from singer_sdk.helpers.types import Context
+    from singer_sdk.mapper import StreamMap
     from singer_sdk.singerlib.encoding.simple import Message
 
 # RECORD lines are handed to stdout once about this many bytes are pending.
@@ -234,7 +237,7 @@ atexit.register(flush_all)
 
 
 class SelectedRecordMessages(Stream):
-    """Builds RECORD messages without re-checking every property when all are selected.
+    """Builds RECORD messages without per-record work that cannot change a record.
 
     The SDK walks each property of each record against the catalog's selection mask
     (``pop_deselected_record_properties``: a copy of the record and a tuple per
@@ -242,22 +245,57 @@ class SelectedRecordMessages(Stream):
     mask selects everything, nothing can be popped: this skips the walk and builds the
     messages as ``Stream._generate_record_messages`` does. Any deselected property, or
     a type conformance level other than NONE, takes the SDK's own path unchanged.
+
+    The same holds for two more steps: a stream map that is the SDK's identity
+    (``SameRecordTransform``, no flattening) returns the record it is given, so it is
+    not called; and with no child streams and no partition context the SDK's
+    ``_process_record`` has nothing to add to a record or sync. What can be decided per
+    stream is decided once, on its first record.
     """
+
+    _plain_path: bool | None = None
+    _maps: tuple[tuple[str, StreamMap | None], ...] = ()
+
+    def _decide_paths(self) -> bool:
+        self._maps = tuple(
+            (
+                stream_map.stream_alias,
+                None
+                if type(stream_map) is SameRecordTransform and not stream_map.flattening_enabled
+                else stream_map,
+            )
+            for stream_map in self.stream_maps
+        )
+        self._plain_path = self.TYPE_CONFORMANCE_LEVEL is TypeConformanceLevel.NONE and all(
+            self.mask.values()
+        )
+        return self._plain_path
+
+    @override
+    def _process_record(
+        self,
+        record: dict[str, t.Any],
+        child_context: Context | None = None,
+        partition_context: Context | None = None,
+    ) -> None:
+        if self.child_streams or partition_context:
+            super()._process_record(record, child_context, partition_context)
 
     @override
     def _generate_record_messages(
         self, record: dict[str, t.Any]
     ) -> Generator[RecordMessage, None, None]:
-        if self.TYPE_CONFORMANCE_LEVEL is not TypeConformanceLevel.NONE or not all(
-            self.mask.values()
-        ):
+        plain = self._plain_path
+        if plain is None:
+            plain = self._decide_paths()
+        if not plain:
             yield from super()._generate_record_messages(record)
         else:
-            for stream_map in self.stream_maps:
-                mapped = stream_map.transform(record)
+            for alias, stream_map in self._maps:
+                mapped = record if stream_map is None else stream_map.transform(record)
                 if mapped is not None:
                     yield RecordMessage(
-                        stream=stream_map.stream_alias,
+                        stream=alias,
                         record=mapped,
                         version=self._stream_version,
                         time_extracted=dt.datetime.now(dt.timezone.utc),

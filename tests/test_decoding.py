@@ -193,6 +193,13 @@ def test_records_are_the_same_with_and_without_the_text_check():
     rows = [
         {"name": "København ApS", "domain": "x.dk", "industries": ["Tøj", 3], "match_score": "7"},
         {"name": "Plain", "headquarters": "Zürich, ZH", "employee_count": 12.0},
+        # Lists of strings are taken as they are only when every item is a string.
+        {"name": "Lists", "industries": ["Retail", None, "Tøj"]},
+        {"name": "Lists", "industries": ["Retail", ["nested"], {"a": 1}, 2.5, True]},
+        {"name": "Lists", "industries": ["Retail", "Tøj"]},
+        {"name": "Lists", "industries": []},
+        {"name": "Lists", "industries": "Retail"},
+        {"name": "Lists", "industries": None},
     ]
     raw = json.dumps({"rows": rows}, ensure_ascii=False).encode()
     fields = decode_page_fields(raw)
@@ -201,6 +208,14 @@ def test_records_are_the_same_with_and_without_the_text_check():
     fast = list(RowShaper(schema).records(fields.body["rows"], text_checked=True, **kwargs))
     slow = list(RowShaper(schema).records(fields.body["rows"], **kwargs))
     assert fast == slow
+    assert [record["industries"] for record in fast[2:]] == [
+        ["Retail", "Tøj"],
+        ["Retail", '["nested"]', '{"a": 1}', "2.5", "True"],
+        ["Retail", "Tøj"],
+        [],
+        ["Retail"],
+        [],
+    ]
 
 
 @pytest.mark.parametrize(

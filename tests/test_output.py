@@ -419,3 +419,39 @@ def test_the_encoded_writer_writes_the_sdks_state_line_once_after_its_records(tm
     )
     assert out == expected
     assert writer.since_state == 0
+
+
+def test_process_record_is_still_the_sdks_per_record_hook(server, monkeypatch, capsys):
+    """SelectedRecordMessages skips the SDK's ``_process_record`` when it has nothing to
+    do; were the SDK to stop calling it by that name, this notices."""
+    job = server.add_job(JobSpec(kind="tam", rows=3))
+    seen: list[int] = []
+    original = SelectedRecordMessages._process_record
+
+    def counting(self, record, child_context=None, partition_context=None):
+        if "rank" in record:
+            seen.append(record["rank"])
+        return original(self, record, child_context, partition_context)
+
+    monkeypatch.setattr(SelectedRecordMessages, "_process_record", counting)
+    cli.sync(TapOpenFunnel(config=base_config(server, tam_job_ids=[job])))
+    assert seen == [1, 2, 3]
+    capsys.readouterr()
+
+
+def test_a_configured_stream_map_still_transforms_every_record(server, capsys):
+    """Only the SDK's identity map is skipped: a map from the config still runs."""
+    job = server.add_job(JobSpec(kind="tam", rows=4))
+    config = base_config(
+        server,
+        tam_job_ids=[job],
+        stream_maps={"tam_companies": {"rank_twice": "rank * 2", "domain": "__NULL__"}},
+    )
+    cli.sync(TapOpenFunnel(config=config))
+    records = [
+        m["record"]
+        for m in parse_messages(capsys.readouterr().out)
+        if m["type"] == "RECORD" and m["stream"] == "tam_companies"
+    ]
+    assert [r["rank_twice"] for r in records] == [2, 4, 6, 8]
+    assert all("domain" not in r for r in records)

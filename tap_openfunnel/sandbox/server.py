@@ -113,6 +113,9 @@ class FakeOpenFunnel:
         }
         self.requests: list[RequestRecord] = []
         self._requests_lock = threading.Lock()
+        # Requests being answered now, and the most at once (reset_peak_in_flight).
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._plan = FaultPlan(Faults())
         self._store = JobStore(seed=seed, clock=clock)
         self._endpoints = Endpoints(self._store, self)
@@ -250,9 +253,32 @@ class FakeOpenFunnel:
         submits = self._store.submit_counts()
         return {"submits": submits, "requests": count, "credits_used": self.credits_used}
 
+    def reset_peak_in_flight(self) -> None:
+        """Start counting the most requests answered at once afresh."""
+        with self._requests_lock:
+            self.peak_in_flight = self.in_flight
+
     # ------------------------------------------------------------ request handling
     def handle(self, exchange: Exchange) -> Outcome:
-        """Answer one API request, faults included (called from the HTTP threads).
+        """Answer one API request, counting the requests being answered at once.
+
+        Args:
+            exchange: The parsed request.
+
+        Returns:
+            What to send, and how.
+        """
+        with self._requests_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return self._handle(exchange)
+        finally:
+            with self._requests_lock:
+                self.in_flight -= 1
+
+    def _handle(self, exchange: Exchange) -> Outcome:
+        """Answer one API request, faults included.
 
         Order: redirect, submit script or random fault, then routing (which checks the
         key). Faults come before auth, as a proxy in front of the API would. A write
