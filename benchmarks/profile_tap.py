@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 HERE = Path(__file__).resolve().parent
 
