@@ -20,13 +20,13 @@ import threading
 import typing as t
 from dataclasses import dataclass
 
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 from tap_openfunnel.api import JobAPI
 from tap_openfunnel.checkpoint import Checkpoint
 from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobType
 from tap_openfunnel.planner import Planner
 from tap_openfunnel.run import Run
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
 from tap_openfunnel.settings import Settings
 
 if t.TYPE_CHECKING:

@@ -25,7 +25,7 @@ import requests
 from harness import API_KEY, HERE, PAGE_SIZE, TAM_PATH
 from typing_extensions import Self
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence

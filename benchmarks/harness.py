@@ -17,7 +17,7 @@ from pathlib import Path
 if t.TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from tap_openfunnel.sandbox import FakeOpenFunnel
+    from openfunnel_sandbox import FakeOpenFunnel
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

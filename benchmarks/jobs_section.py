@@ -29,7 +29,7 @@ from harness import (
 )
 from startup import measure_startup
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 G_JOBS = 100  # finished jobs, each read whole
 G_ROWS = 250  # rows per job: 3 pages of 100, 100, 50

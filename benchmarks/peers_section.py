@@ -22,7 +22,7 @@ from harness import (
     verdict,
 )
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable

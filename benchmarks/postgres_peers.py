@@ -25,7 +25,7 @@ import peers
 from harness import API_KEY, CHILD_TIMEOUT, MIB, PAGE_SIZE, PEER_REPEATS, ROOT, Bench, print_table
 from pg_cluster import USER, Cluster, throwaway_cluster
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fast_server import FastServer
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 HERE = Path(__file__).resolve().parent
 

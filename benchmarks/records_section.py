@@ -35,7 +35,7 @@ from harness import (
     verdict,
 )
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 TARGET_B_STEADY = 1.2  # steady-state records/s >= 1.2 x the bare loop's
 BARE = "bare loop"

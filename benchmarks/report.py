@@ -129,7 +129,7 @@ by hand: run it again). Each section says which settings it used; the defaults
 (`page_concurrency` {DEFAULT_CONCURRENCY}) come first. The machine and the environment variables
 that matter are in the first lines of the output below.
 Two fake OpenFunnel servers serve 100 rows a page on loopback: the sandbox
-(`tap_openfunnel/sandbox`), which renders every page per request inside the benchmark's
+(`sandbox/openfunnel_sandbox`), which renders every page per request inside the benchmark's
 own process, and, for (b), `benchmarks/fast_server.py`, a process of its own that renders
 every answer once and then serves the stored bytes from memory, so that the figure
 measures the client. Each table says which server it used; all but (b) use the sandbox.

@@ -24,7 +24,7 @@ from harness import (
     verdict,
 )
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 
 def plain_fetch(

@@ -9,7 +9,7 @@ import typing as t
 
 from harness import API_KEY, ROOT, Bench, Scale, print_table
 
-from tap_openfunnel.sandbox import FakeOpenFunnel
+from openfunnel_sandbox import FakeOpenFunnel
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -25,7 +25,7 @@ from harness import (
     print_table,
 )
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 # Rows of each job of the many-jobs run: small jobs, so that STATE, not records, is
 # what grows.

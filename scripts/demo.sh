@@ -2,8 +2,8 @@
 # The README's first command (`make demo`): run `meltano run tap-openfunnel target-duckdb`
 # and show what landed in DuckDB.
 #
-# Without TAP_OPENFUNNEL_API_KEY it starts the fake OpenFunnel server that ships with the
-# package (`python -m tap_openfunnel.sandbox --demo`: one completed TAM job of 1,234
+# Without TAP_OPENFUNNEL_API_KEY it starts the fake OpenFunnel server that comes with this
+# repository (`python -m openfunnel_sandbox --demo`: one completed TAM job of 1,234
 # companies and one lookalike job of 250) on a free loopback port, points the tap at it,
 # loads output/demo.duckdb and fails unless every row arrived. With
 # TAP_OPENFUNNEL_API_KEY set, the same pipeline runs against the real API with your
@@ -47,7 +47,7 @@ if [[ -z "${TAP_OPENFUNNEL_API_KEY:-}" ]]; then
     echo "==> TAP_OPENFUNNEL_API_KEY is not set: starting the fake OpenFunnel server (sandbox)"
     info="$DEMO_DIR/sandbox.json"
     rm -f "$info"
-    "$VENV/bin/python" -m tap_openfunnel.sandbox --port 0 --demo \
+    "$VENV/bin/python" -m openfunnel_sandbox --port 0 --demo \
         --tam-rows "$TAM_ROWS" --lookalike-rows "$LOOKALIKE_ROWS" --refresh-drift "$REFRESH_DRIFT" \
         > "$info" 2> "$DEMO_DIR/sandbox.log" &
     server_pid=$!

@@ -1,4 +1,4 @@
-"""The job API: the HTTP verbs of both job families, and nothing about state or streams."""
+"""The job API: the HTTP verbs of every job family, and nothing about state or streams."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from urllib.parse import quote
 
 from tap_openfunnel.decoding import decode_object, decode_page_fields
 from tap_openfunnel.exceptions import ApiError
+from tap_openfunnel.families import FAMILIES
 from tap_openfunnel.job_ids import job_id_problem
-from tap_openfunnel.jobs import JobType
 from tap_openfunnel.pagination import Page
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping
 
     from tap_openfunnel.client import OpenFunnelClient
+    from tap_openfunnel.jobs import JobType
 
 BALANCE_PATH = "/api/v1/credits/balance"
 
@@ -47,10 +48,9 @@ class Endpoints:
         return f"{self.job(job_id)}/{command}"
 
 
-# Every URL the tap calls for a job, in one place.
+# Every URL the tap calls for a job, built from the families' paths.
 ENDPOINTS: Mapping[JobType, Endpoints] = {
-    JobType.TAM: Endpoints("/api/v1/tam/build"),
-    JobType.LOOKALIKE: Endpoints("/api/v1/account/search-lookalikes-bulk"),
+    family.job_type: Endpoints(family.path) for family in FAMILIES
 }
 
 

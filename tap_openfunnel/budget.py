@@ -15,7 +15,7 @@ import typing as t
 from dataclasses import dataclass
 
 from tap_openfunnel.exceptions import ConfigurationError
-from tap_openfunnel.jobs import JobType
+from tap_openfunnel.families import BY_TYPE
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -169,6 +169,8 @@ class BudgetGuard:
     a cancelled build keeps (and bills) only what was delivered. The spend is every
     guarded job together: what each TAM build has processed (its highest readable
     count) plus the ``limit`` of each search submitted in this run (its worst case).
+    Which families are braked and which reserved follows their ``size_field``
+    (``families.py``).
 
     Rows of a build land band by band. After each poll of a build the guard projects
     the next step of every running build (the largest growth per band seen) and
@@ -240,7 +242,7 @@ class BudgetGuard:
             reserved: Credits set aside for the job whatever it reports (a search's limit).
             at: The poller's clock at the poll.
         """
-        if snapshot.job_type is not JobType.TAM:
+        if BY_TYPE[snapshot.job_type].bounded:
             self._reserved[snapshot.job_id] = reserved
             return
         build = self._builds.setdefault(snapshot.job_id, _Build())

@@ -17,6 +17,7 @@ from tap_openfunnel.budget import credit_amount, credits_text
 from tap_openfunnel.checkpoint import state_problem
 from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.exceptions import OpenFunnelError
+from tap_openfunnel.families import settings_text
 from tap_openfunnel.logs import install_reported_error_filter, install_secret_filter
 from tap_openfunnel.retries import RetryPolicy
 from tap_openfunnel.settings import MISSING_API_KEY, Settings, check_known_settings
@@ -109,9 +110,9 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
             f"The state given with --state is not one this tap wrote: {problem}. Fix or "
             "remove that entry, or start from a clean state ('meltano state clear "
             "<state id>', or no --state). A clean state reads every configured job again; "
-            "tam_builds / lookalike_searches entries are re-attached to the jobs the "
-            "submission journal remembers, and submitted again (billed) only when it has "
-            "none (or 'journal' is false).",
+            f"{settings_text('entries', ' / ', quote=False)} entries are re-attached to the "
+            "jobs the submission journal remembers, and submitted again (billed) only when "
+            "it has none (or 'journal' is false).",
         )
 
     def create(*, validate: bool) -> TapOpenFunnel:

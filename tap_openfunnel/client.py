@@ -22,6 +22,7 @@ from tap_openfunnel.exceptions import (
     RetriesExhaustedError,
     UnreachableError,
 )
+from tap_openfunnel.families import settings_text
 from tap_openfunnel.logs import shown
 from tap_openfunnel.responses import fatal_error, parse_retry_after
 from tap_openfunnel.retries import RetriableError, RetryPolicy
@@ -204,7 +205,7 @@ class OpenFunnelClient:
                         "have reached OpenFunnel, so a job may have been created (and may "
                         "spend credits). The tap does not retry a submit that might have "
                         "landed. Check your OpenFunnel jobs; if one was created, put its "
-                        "job_id in 'tam_job_ids' or 'lookalike_job_ids' to extract it "
+                        f"job_id in {settings_text('ids', ' or ')} to extract it "
                         "without a new submit. Otherwise run the tap again."
                     )
                     raise AmbiguousSubmitError(msg, status=exc.status, path=path) from None

@@ -8,10 +8,13 @@ import typing as t
 from dataclasses import dataclass
 
 from tap_openfunnel.exceptions import ConfigurationError
-from tap_openfunnel.jobs import JobType
+from tap_openfunnel.families import BY_TYPE, FAMILIES
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    from tap_openfunnel.families import JobFamily
+    from tap_openfunnel.jobs import JobType
 
 FUNDING_STAGES = (
     "Pre-Seed",
@@ -22,16 +25,12 @@ FUNDING_STAGES = (
     "Public",
 )
 
-# The most a lookalike search can deliver (and so cost) when it names no limit.
-MAX_LOOKALIKE_LIMIT = 10_000
 _MAX_SEEDS = 10
-_TAM_QUERY_MAX = 500
-_LOOKALIKE_QUERY_MAX = 200
 
 
 @dataclass(frozen=True)
 class BuildEntry:
-    """One validated ``tam_builds`` / ``lookalike_searches`` entry.
+    """One validated entry of a family's entries setting (``tam_builds``, ...).
 
     Attributes:
         setting: The setting it came from.
@@ -55,10 +54,8 @@ class BuildEntry:
 
     @property
     def worst_case_credits(self) -> float | None:
-        """Most credits the job can cost (None: unbounded, a TAM build)."""
-        if self.job_type is JobType.TAM:
-            return None
-        return float(self.body.get("limit", MAX_LOOKALIKE_LIMIT))
+        """Most credits the job can cost (None: unbounded, as a TAM build is)."""
+        return BY_TYPE[self.job_type].worst_case_credits(self.body)
 
 
 def fingerprint(job_type: JobType, body: Mapping[str, t.Any]) -> str:
@@ -75,15 +72,13 @@ def fingerprint(job_type: JobType, body: Mapping[str, t.Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
 
 
-def parse_entries(
-    tam_builds: Sequence[object],
-    lookalike_searches: Sequence[object],
-) -> list[BuildEntry]:
+def parse_entries(*configured: Sequence[object]) -> list[BuildEntry]:
     """Validate every entry before anything is sent.
 
     Args:
-        tam_builds: The ``tam_builds`` setting.
-        lookalike_searches: The ``lookalike_searches`` setting.
+        configured: Each family's entries setting (``tam_builds``,
+            ``lookalike_searches``, ...), in the order of ``FAMILIES``; families left
+            out have none.
 
     Returns:
         The entries, in config order.
@@ -91,12 +86,13 @@ def parse_entries(
     Raises:
         ConfigurationError: Naming the first bad entry and field.
     """
+    if len(configured) > len(FAMILIES):
+        msg = f"{len(configured)} entry settings given for {len(FAMILIES)} job families"
+        raise ValueError(msg)
     entries = [
-        _EntryCheck("tam_builds", index, raw).tam_entry() for index, raw in enumerate(tam_builds)
-    ]
-    entries += [
-        _EntryCheck("lookalike_searches", index, raw).lookalike_entry()
-        for index, raw in enumerate(lookalike_searches)
+        _EntryCheck(family.entries_setting, index, raw).entry(family)
+        for family, raws in zip(FAMILIES, configured, strict=False)
+        for index, raw in enumerate(raws)
     ]
     seen: dict[str, BuildEntry] = {}
     for entry in entries:
@@ -109,20 +105,6 @@ def parse_entries(
             )
         seen[entry.fingerprint] = entry
     return entries
-
-
-_LOOKALIKE_FIELDS = frozenset(
-    {
-        "query",
-        "seed_domains",
-        "limit",
-        "min_employees",
-        "max_employees",
-        "funding_stages",
-        "locations",
-        "search_type",
-    },
-)
 
 
 class _EntryCheck:
@@ -172,28 +154,35 @@ class _EntryCheck:
             self.fail(field, "must be a list of non-empty strings")
         return [item.strip() for item in value]
 
-    def tam_entry(self) -> BuildEntry:
-        entry = self.fields(frozenset({"query"}))
-        if "query" not in entry:
-            self.fail("query", "is required")
-        return self._build(JobType.TAM, {"query": self.query(entry["query"], _TAM_QUERY_MAX)})
+    def entry(self, family: JobFamily) -> BuildEntry:
+        """Check the entry against its family's rules and build the request body.
 
-    def lookalike_entry(self) -> BuildEntry:
-        entry = self.fields(_LOOKALIKE_FIELDS)
+        A field the family does not accept is refused by :meth:`fields` before any
+        rule below looks at it, so each rule applies only to families that have it.
+        """
+        entry = self.fields(family.fields)
         body: dict[str, t.Any] = {}
         if "query" in entry:
-            body["query"] = self.query(entry["query"], _LOOKALIKE_QUERY_MAX)
+            body["query"] = self.query(entry["query"], family.query_max)
         if "seed_domains" in entry:
             seeds = self.strings("seed_domains", entry["seed_domains"])
             if not seeds or len(seeds) > _MAX_SEEDS:
                 self.fail("seed_domains", f"must hold 1 to 10 domains, not {len(seeds)}")
             body["seed_domains"] = seeds
         if not body:
-            self.fail("query", "or 'seed_domains' is required (one of them, or both)")
-        if "limit" in entry:
-            body["limit"] = self.integer("limit", entry["limit"], 1, MAX_LOOKALIKE_LIMIT)
+            first, *others = family.required
+            alternatives = " or ".join(f"'{field}'" for field in others)
+            self.fail(
+                first,
+                f"or {alternatives} is required (one of them, or both)"
+                if others
+                else "is required",
+            )
+        size = family.size_field
+        if size is not None and size in entry:
+            body[size] = self.integer(size, entry[size], 1, family.max_size)
         body.update(self._filters(entry))
-        return self._build(JobType.LOOKALIKE, body)
+        return self._build(family.job_type, body)
 
     def _filters(self, entry: Mapping[str, t.Any]) -> dict[str, t.Any]:
         body: dict[str, t.Any] = {}

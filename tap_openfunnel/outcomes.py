@@ -6,7 +6,7 @@ import logging
 import typing as t
 
 from tap_openfunnel.budget import credit_amount, credits_text, unreadable
-from tap_openfunnel.jobs import JobType
+from tap_openfunnel.families import BY_TYPE
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -28,7 +28,7 @@ def row_count_mismatch(snapshot: JobSnapshot, rows_total: int) -> str | None:
     Returns:
         A message when they disagree, else None.
     """
-    key = "unique_count" if snapshot.job_type is JobType.TAM else "count"
+    key = BY_TYPE[snapshot.job_type].count_key
     expected = snapshot.manifest.get(key)
     if not isinstance(expected, int) or isinstance(expected, bool):
         LOGGER.warning(

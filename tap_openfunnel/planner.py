@@ -10,6 +10,7 @@ from enum import Enum
 
 from tap_openfunnel.budget import credit_amount, credits_text, unreadable
 from tap_openfunnel.exceptions import NotFoundError, OpenFunnelError
+from tap_openfunnel.families import FAMILIES, settings_text
 from tap_openfunnel.submissions import unconfirmed_decision
 
 if t.TYPE_CHECKING:
@@ -18,6 +19,7 @@ if t.TYPE_CHECKING:
 
     from tap_openfunnel.api import JobAPI
     from tap_openfunnel.entries import BuildEntry
+    from tap_openfunnel.families import JobFamily
     from tap_openfunnel.jobs import JobType
     from tap_openfunnel.journal import Journal
     from tap_openfunnel.settings import Settings
@@ -132,7 +134,7 @@ class Plan:
             cap = "none" if self.max_credits is None else f"{self.max_credits:,.0f}"
             lines.append(
                 f"Submits: {len(self.submits)}, worst case {worst:,.0f} credits"
-                f"{' plus what the TAM builds deliver' if _has_tam(self.submits) else ''}; "
+                f"{_delivered([job.entry for job in self.submits if job.entry])}; "
                 f"balance {left}; max_credits {cap}."
             )
             lines.append(
@@ -145,8 +147,24 @@ class Plan:
         return lines
 
 
-def _has_tam(jobs: Sequence[PlannedJob]) -> bool:
-    return any(job.entry is not None and job.entry.worst_case_credits is None for job in jobs)
+# The families whose entries carry their worst case, and the fields that set it: the
+# budget messages name them ("the searches' 'limit'").
+_BOUNDED = " and ".join(family.plural for family in FAMILIES if family.bounded)
+_SIZE_FIELDS = " / ".join(f"'{family.size_field}'" for family in FAMILIES if family.bounded)
+
+
+def _unbounded(entries: Sequence[BuildEntry]) -> list[JobFamily]:
+    """The families among ``entries`` whose cost nothing in the request bounds."""
+    present = {entry.job_type for entry in entries if entry.worst_case_credits is None}
+    return [family for family in FAMILIES if family.job_type in present]
+
+
+def _delivered(entries: Sequence[BuildEntry]) -> str:
+    """What a worst case leaves out: the text after it, empty when it leaves out nothing."""
+    unbounded = _unbounded(entries)
+    if not unbounded:
+        return ""
+    return f" plus what the {' and '.join(family.plural for family in unbounded)} deliver"
 
 
 class Planner:
@@ -369,20 +387,22 @@ def budget_problem(
         return None
     worst = sum(entry.worst_case_credits or 0.0 for entry in entries)
     labels = ", ".join(entry.label for entry in entries)
-    tam = any(entry.worst_case_credits is None for entry in entries)
+    unbounded = _unbounded(entries)
     if max_credits is not None and worst > max_credits:
         return (
-            f"The searches about to be submitted ({labels}) could cost up to {worst:,.0f} "
+            f"The {_BOUNDED} about to be submitted ({labels}) could cost up to {worst:,.0f} "
             f"credits, above max_credits ({max_credits:,.0f}). Nothing was submitted. Lower "
-            "their 'limit', or raise 'max_credits'."
+            f"their {_SIZE_FIELDS}, or raise 'max_credits'."
         )
-    if max_credits is not None and tam and worst >= max_credits:
+    if max_credits is not None and unbounded and worst >= max_credits:
+        which = " or a ".join(family.label for family in unbounded)
+        noun = " or ".join(family.noun for family in unbounded)
         return (
-            f"The jobs about to be submitted ({labels}) include a TAM build, but the "
-            f"searches among them could cost up to {worst:,.0f} credits, which leaves "
-            f"nothing of max_credits ({max_credits:,.0f}) for the build: it would be "
+            f"The jobs about to be submitted ({labels}) include a {which}, but the "
+            f"{_BOUNDED} among them could cost up to {worst:,.0f} credits, which leaves "
+            f"nothing of max_credits ({max_credits:,.0f}) for the {noun}: it would be "
             "cancelled at its first band. Nothing was submitted. Raise 'max_credits', "
-            "lower the searches' 'limit', or submit the build in a run of its own."
+            f"lower the {_BOUNDED}' {_SIZE_FIELDS}, or submit the {noun} in a run of its own."
         )
     if credits_left is None:
         return (
@@ -391,13 +411,13 @@ def budget_problem(
             f"jobs about to be submitted ({labels}). Nothing was submitted. Check the "
             "balance in OpenFunnel and run again; if the balance endpoint keeps answering "
             "this, ask OpenFunnel support. Jobs already bought can be read meanwhile by "
-            "listing their ids in 'tam_job_ids' / 'lookalike_job_ids'."
+            f"listing their ids in {settings_text('ids', ' / ')}."
         )
     if worst > credits_left or credits_left <= 0:
         return (
             f"The account has {credits_text(credits_left)} credits left, but the jobs about to be "
             f"submitted ({labels}) could cost up to {worst:,.0f}"
-            f"{' plus what the TAM builds deliver' if tam else ''}. Nothing was submitted. "
-            "Top up the account or lower the searches' 'limit'."
+            f"{_delivered(entries)}. Nothing was submitted. "
+            f"Top up the account or lower the {_BOUNDED}' {_SIZE_FIELDS}."
         )
     return None

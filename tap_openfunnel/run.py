@@ -9,7 +9,6 @@ import typing as t
 from dataclasses import dataclass
 
 from tap_openfunnel.budget import BudgetGuard, credit_amount, credits_text, unreadable
-from tap_openfunnel.entries import MAX_LOOKALIKE_LIMIT
 from tap_openfunnel.exceptions import (
     ApiError,
     ConflictError,
@@ -18,6 +17,7 @@ from tap_openfunnel.exceptions import (
     OpenFunnelError,
     RowCountMismatchError,
 )
+from tap_openfunnel.families import BY_TYPE, settings_text
 from tap_openfunnel.job_ids import job_id_problem
 from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, TrackedJob
 from tap_openfunnel.logs import shown
@@ -186,7 +186,7 @@ class Run:
                     f"Submitting {entry.label} succeeded (HTTP 2xx) but the answer's job_id "
                     f"is {problem}, so the job cannot be followed; it may already be billed. "
                     "Check your OpenFunnel jobs before running again, and attach the job by "
-                    "id with 'tam_job_ids' / 'lookalike_job_ids' rather than submitting it "
+                    f"id with {settings_text('ids', ' / ')} rather than submitting it "
                     "again."
                 )
                 raise ApiError(msg)
@@ -471,6 +471,7 @@ class Run:
         if progress is None or progress.origin != "submitted":
             return
         reserved = 0.0
-        if progress.submitted_this_run and progress.job_type is JobType.LOOKALIKE:
-            reserved = float((progress.request or {}).get("limit", MAX_LOOKALIKE_LIMIT))
+        if progress.submitted_this_run:
+            # A bounded family's worst case is set aside whatever its polls report.
+            reserved = BY_TYPE[progress.job_type].worst_case_credits(progress.request or {}) or 0.0
         self.budget.observe(snapshot, reserved=reserved, at=self.poller.clock())

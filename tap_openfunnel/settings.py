@@ -16,12 +16,14 @@ from tap_openfunnel.bounds import check_job_ids
 from tap_openfunnel.budget import cap_setting
 from tap_openfunnel.entries import BuildEntry, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
+from tap_openfunnel.families import FAMILIES
 from tap_openfunnel.job_ids import job_id_problem
-from tap_openfunnel.jobs import JobType
 from tap_openfunnel.journal import default_path
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
+
+    from tap_openfunnel.jobs import JobType
 
 # The entries' constraints (lengths, ranges, enums) are checked by the tap itself
 # before anything is sent, so that a bad entry gets a message naming the entry and the
@@ -277,8 +279,8 @@ class Settings:
 
     api_key: str
     api_url: str
-    tam_job_ids: tuple[str, ...]
-    lookalike_job_ids: tuple[str, ...]
+    # Each family's ids setting (tam_job_ids, ...): the jobs to attach, by family.
+    attached_ids: Mapping[JobType, tuple[str, ...]]
     entries: tuple[BuildEntry, ...]
     refresh_after_days: float | None
     max_credits: float | None
@@ -306,7 +308,7 @@ class Settings:
         Returns:
             Their ids, in config order.
         """
-        return self.tam_job_ids if job_type is JobType.TAM else self.lookalike_job_ids
+        return self.attached_ids.get(job_type, ())
 
     @classmethod
     def from_config(cls, config: Mapping[str, t.Any]) -> Settings:
@@ -343,10 +345,11 @@ class Settings:
         return cls(
             api_key=api_key,
             api_url=check_api_url(str(value("api_url"))),
-            tam_job_ids=_job_ids(config, "tam_job_ids"),
-            lookalike_job_ids=_job_ids(config, "lookalike_job_ids"),
+            attached_ids={
+                family.job_type: _job_ids(config, family.ids_setting) for family in FAMILIES
+            },
             entries=tuple(
-                parse_entries(value("tam_builds") or (), value("lookalike_searches") or ()),
+                parse_entries(*(value(family.entries_setting) or () for family in FAMILIES)),
             ),
             refresh_after_days=None if refresh is None else float(refresh),
             max_credits=cap_setting(max_credits),

@@ -6,17 +6,21 @@ import json
 import typing as t
 
 from tap_openfunnel.exceptions import OpenFunnelError
+from tap_openfunnel.families import FAMILIES, settings_text
 
 # The tap's streams; a test keeps this equal to the streams the tap declares.
-STREAM_NAMES = frozenset({"tam_companies", "lookalike_companies", "jobs", "credits_balance"})
+STREAM_NAMES = frozenset(
+    {*(family.stream_name for family in FAMILIES), "jobs", "credits_balance"},
+)
 # What a Singer state holds at its top level (the SDK writes bookmarks; the spec also
 # names currently_syncing).
 _STATE_KEYS = frozenset({"bookmarks", "currently_syncing"})
 _TO_DO = (
     "Pass the 'value' of the last STATE message the tap wrote (or that whole line), or "
     "the output of 'meltano state get <state id>'. A state the tap cannot place is "
-    "never read as empty: an empty state submits every tam_builds / lookalike_searches "
-    "entry again (billed), unless the submission journal remembers it."
+    f"never read as empty: an empty state submits every "
+    f"{settings_text('entries', ' / ', quote=False)} entry again (billed), unless the "
+    "submission journal remembers it."
 )
 
 

@@ -1,4 +1,4 @@
-"""Stream declarations: tam_companies, lookalike_companies, jobs and credits_balance."""
+"""Stream declarations: one company stream per job family, jobs and credits_balance."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tap_openfunnel.exceptions import (
     JobError,
     PageSequenceError,
 )
-from tap_openfunnel.jobs import JobStatus, JobType
+from tap_openfunnel.jobs import JobStatus
 from tap_openfunnel.pagination import MAX_PAGES_WITHOUT_MANIFEST as MAX_PAGES
 from tap_openfunnel.pagination import PageReader, page_name, page_requests
 from tap_openfunnel.prefetch import Lookahead
@@ -40,6 +40,8 @@ if t.TYPE_CHECKING:
     from singer_sdk.helpers._batch import BaseBatchFileEncoding, BatchConfig
     from singer_sdk.helpers.types import Context
 
+    from tap_openfunnel.families import JobFamily
+    from tap_openfunnel.jobs import JobType
     from tap_openfunnel.prefetch import Request
     from tap_openfunnel.run import Run
     from tap_openfunnel.tap import TapOpenFunnel
@@ -98,12 +100,21 @@ class OpenFunnelStream(SelectedRecordMessages):
 class CompanyStream(OpenFunnelStream):
     """Companies from one job family, read job by job from the run's plan.
 
-    Each job has its own state partition (context ``{"job_id": ...}``), written only
-    by the run's checkpoint.
+    One instance per family (``tam_companies``, ``lookalike_companies``, ...), named
+    and typed by its descriptor. Each job has its own state partition (context
+    ``{"job_id": ...}``), written only by the run's checkpoint.
+
+    Args:
+        tap: The tap.
+        family: The job family whose rows it carries.
     """
 
-    job_type: t.ClassVar[JobType]
     primary_keys: t.ClassVar[list[str]] = ["job_id", "rank"]
+
+    def __init__(self, tap: TapOpenFunnel, family: JobFamily) -> None:
+        self.name = family.stream_name
+        self.job_type: JobType = family.job_type
+        super().__init__(tap)
 
     @property
     @override
@@ -274,20 +285,6 @@ def manifest_pages(manifest: Mapping[str, t.Any]) -> int | None:
     if isinstance(pages, int) and not isinstance(pages, bool) and 0 <= pages <= MAX_PAGES:
         return pages
     return None
-
-
-class TamCompaniesStream(CompanyStream):
-    """Companies of TAM Builder jobs."""
-
-    name = "tam_companies"
-    job_type = JobType.TAM
-
-
-class LookalikeCompaniesStream(CompanyStream):
-    """Companies of Search Lookalikes Bulk jobs."""
-
-    name = "lookalike_companies"
-    job_type = JobType.LOOKALIKE
 
 
 _MANIFEST_FIELDS = (

@@ -12,6 +12,7 @@ from tap_openfunnel.exceptions import (
     RetriesExhaustedError,
     UnreachableError,
 )
+from tap_openfunnel.families import BY_TYPE
 
 if t.TYPE_CHECKING:
     from pathlib import Path
@@ -128,7 +129,7 @@ def unconfirmed_message(entry: BuildEntry, intent: Submission, path: Path) -> st
     Returns:
         What happened and the two ways out.
     """
-    ids = "tam_job_ids" if entry.setting == "tam_builds" else "lookalike_job_ids"
+    ids = BY_TYPE[entry.job_type].ids_setting
     return (
         f"{entry.label} was being submitted at {intent.submitted_at} when that run stopped "
         "before OpenFunnel's answer was recorded, so a job may exist and be billed "

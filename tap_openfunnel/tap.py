@@ -16,6 +16,7 @@ from tap_openfunnel.api import JobAPI
 from tap_openfunnel.bounds import MIB
 from tap_openfunnel.checkpoint import Checkpoint
 from tap_openfunnel.client import OpenFunnelClient
+from tap_openfunnel.families import FAMILIES
 from tap_openfunnel.journal import Journal
 from tap_openfunnel.logs import install_secret_filter
 from tap_openfunnel.planner import Planner
@@ -27,8 +28,6 @@ from tap_openfunnel.streams import (
     CompanyStream,
     CreditsBalanceStream,
     JobsStream,
-    LookalikeCompaniesStream,
-    TamCompaniesStream,
 )
 from tap_openfunnel.writer import BlockWriter, EncodedStateWriter
 
@@ -147,10 +146,17 @@ class TapOpenFunnel(Tap):
             if isinstance(stream, CompanyStream) and stream.selected
         }
         if not streams and self.streams[JobsStream.name].selected:
+            first, *others = (family.stream_name for family in FAMILIES)
+            unselected = (
+                f"neither {first} nor {others[0]}"
+                if len(others) == 1
+                else f"none of {', '.join([first, *others])}"
+            )
             self.logger.warning(
                 "The jobs stream reports the jobs of the selected company streams, and "
-                "neither tam_companies nor lookalike_companies is selected: no job is "
-                "planned, submitted or read in this run. Select a company stream too."
+                "%s is selected: no job is planned, submitted or read in this run. Select "
+                "a company stream too.",
+                unselected,
             )
         planner = Planner(
             self.settings,
@@ -194,8 +200,7 @@ class TapOpenFunnel(Tap):
     @override
     def discover_streams(self) -> list[Stream]:
         return [
-            TamCompaniesStream(self),
-            LookalikeCompaniesStream(self),
+            *(CompanyStream(self, family) for family in FAMILIES),
             JobsStream(self),
             CreditsBalanceStream(self),
         ]

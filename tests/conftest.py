@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
 
-from tap_openfunnel.sandbox import FakeOpenFunnel
+from openfunnel_sandbox import FakeOpenFunnel
 
 # The shared fake server is seeded on purpose: the same job ids, so the same rows, on
 # every test run. Unseeded servers draw new ids on every start.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tap_openfunnel.sandbox import FakeOpenFunnel
+    from openfunnel_sandbox import FakeOpenFunnel
 
 API_KEY = "of_test_key_5f3c9a"  # a fake key; tests check it never leaks
 

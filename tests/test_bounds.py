@@ -25,6 +25,7 @@ from tap_openfunnel.bounds import (
 from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.decoding import decode_object, decode_page_fields
 from tap_openfunnel.exceptions import ApiError, ConfigurationError, MalformedPageError
+from tap_openfunnel.jobs import JobType
 from tap_openfunnel.pagination import Page
 from tap_openfunnel.responses import api_detail
 from tap_openfunnel.settings import Settings
@@ -249,7 +250,7 @@ def test_too_many_job_ids_are_refused_with_the_bound(count, refused):
         with pytest.raises(ConfigurationError, match=f"more than the {MAX_JOB_IDS}"):
             Settings.from_config(config)
     else:
-        assert len(Settings.from_config(config).lookalike_job_ids) == count
+        assert len(Settings.from_config(config).job_ids(JobType.LOOKALIKE)) == count
 
 
 def test_the_key_is_hidden_however_deep_the_decoder_went(secret):

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from support import base_config
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel.checkpoint import Checkpoint, Position, state_problem
-from tap_openfunnel.sandbox import JobSpec
 
 UUID = "8a8e8a97-8192-48ff-849a-d8a96e949732"
 

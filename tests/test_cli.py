@@ -13,12 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from support import API_KEY, base_config, tap_command, tap_env, write_json
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel.api import BALANCE_PATH
 from tap_openfunnel.budget import credits_text
 from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.exceptions import RetriesExhaustedError, UnreachableError
 from tap_openfunnel.retries import RetryPolicy
-from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.state_file import STREAM_NAMES
 from tap_openfunnel.tap import TapOpenFunnel
 

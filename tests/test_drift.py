@@ -10,6 +10,7 @@ from hostile import HostileAPI, HostileJob
 from support import API_KEY, base_config, discover, write_json
 from test_hostile import BAD, GOOD, assert_clean, run_against
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel import logs
 from tap_openfunnel.exceptions import ChangedShapeError
 from tap_openfunnel.records import RowShaper
@@ -20,7 +21,6 @@ from tap_openfunnel.safe_values import (
     MAX_KEPT_DEPTH,
     keep_json,
 )
-from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.streams import load_schema
 
 

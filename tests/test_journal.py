@@ -12,13 +12,13 @@ import time
 import pytest
 from support import API_KEY, base_config, parse_messages, tap_command, tap_env, write_json
 
+from openfunnel_sandbox import Faults, JobSpec
 from tap_openfunnel.entries import parse_entries
 from tap_openfunnel.exceptions import NotFoundError
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.journal import Journal, JournalError, account_of
 from tap_openfunnel.journal_lock import SubmitLock
 from tap_openfunnel.planner import Action, Planner
-from tap_openfunnel.sandbox import Faults, JobSpec
 from tap_openfunnel.settings import Settings
 from tap_openfunnel.submissions import INTENT, NOT_SENT, SUBMITTED, UnconfirmedSubmitError
 

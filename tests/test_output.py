@@ -18,8 +18,8 @@ from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.singerlib import RecordMessage, StateMessage
 from support import base_config, discover, parse_messages, tap_command, tap_env, write_json
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel import cli
-from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.streams import load_schema
 from tap_openfunnel.tap import TapOpenFunnel
 from tap_openfunnel.writer import (

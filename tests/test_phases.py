@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from support import API_KEY, base_config, parse_messages, tap_command, tap_env, write_json
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel import cli
 from tap_openfunnel.api import JobAPI
 from tap_openfunnel.checkpoint import Checkpoint, Position
@@ -26,7 +27,6 @@ from tap_openfunnel.entries import parse_entries
 from tap_openfunnel.exceptions import NotFoundError
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.planner import Action, BudgetError, Planner
-from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.settings import Settings
 from tap_openfunnel.tap import TapOpenFunnel
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from support import base_config, kill_after, tap_command, tap_env, write_json
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel import cli
 from tap_openfunnel.api import JobAPI
 from tap_openfunnel.exceptions import RetriesExhaustedError
 from tap_openfunnel.prefetch import Lookahead, RequestBudget
-from tap_openfunnel.sandbox import JobSpec
 from tap_openfunnel.tap import TapOpenFunnel
 
 ROWS = 250  # three pages of 100, 100 and 50: a small lookalike search

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -39,7 +39,16 @@ PLACEHOLDER_KEY = "of_..."
 BLOCK_TIMEOUT = 600
 # The checkout as `make demo` leaves it; meltano.yml is copied because `meltano config
 # set` writes to it, .meltano is rebuilt around the installed plugins.
-LINKED = (".venv", ".meltano-venv", "tap_openfunnel", "schemas", "scripts", "docs", "tests")
+LINKED = (
+    ".venv",
+    ".meltano-venv",
+    "tap_openfunnel",
+    "sandbox",
+    "schemas",
+    "scripts",
+    "docs",
+    "tests",
+)
 COPIED = ("meltano.yml", "pyproject.toml", "tap-openfunnel.yml", "README.md", "Makefile")
 
 

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 from support import API_KEY, base_config, kill_after, tap_command, tap_env, write_json
 
+from openfunnel_sandbox import FakeOpenFunnel, Faults, JobSpec
 from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.exceptions import MalformedPageError, RetriesExhaustedError
 from tap_openfunnel.pagination import Page
 from tap_openfunnel.records import RowShaper
 from tap_openfunnel.retries import RetryPolicy
-from tap_openfunnel.sandbox import FakeOpenFunnel, Faults, JobSpec
 from tap_openfunnel.streams import load_schema
 
 ALL_FAULTS = ("429", "429_date", "429_body", "500", "502", "503", "drop", "cutoff", "slow")

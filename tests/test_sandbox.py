@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, Faults, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, Faults, JobSpec
 
 KEY, OTHER_KEY = "of_test_key", "of_other_key"
 TAM, BULK = "/api/v1/tam/build", "/api/v1/account/search-lookalikes-bulk"
@@ -724,7 +724,7 @@ def test_cli_prints_its_json_line_and_stops_cleanly(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "tap_openfunnel.sandbox",
+        "openfunnel_sandbox",
         "--port",
         "0",
         "--demo",
@@ -749,7 +749,7 @@ def test_cli_prints_its_json_line_and_stops_cleanly(tmp_path):
 
 
 def test_cli_refuses_a_public_address():
-    command = [sys.executable, "-m", "tap_openfunnel.sandbox", "--host", "0.0.0.0", "--port", "0"]  # noqa: S104
+    command = [sys.executable, "-m", "openfunnel_sandbox", "--host", "0.0.0.0", "--port", "0"]  # noqa: S104
     result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert "loopback" in result.stderr

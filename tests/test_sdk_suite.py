@@ -7,7 +7,7 @@ import atexit
 import pytest
 from singer_sdk.testing import SuiteConfig, get_tap_test_class
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 from tap_openfunnel.tap import TapOpenFunnel
 
 # A suite check that finds no record to look at passes with only this warning: make it

@@ -8,6 +8,7 @@ import pytest
 from support import API_KEY
 
 from tap_openfunnel.exceptions import ConfigurationError
+from tap_openfunnel.jobs import JobType
 from tap_openfunnel.settings import Settings
 
 UUID = "8a8e8a97-8192-48ff-849a-d8a96e949732"
@@ -87,4 +88,9 @@ def test_a_job_id_that_could_leave_its_path_segment_is_refused_by_position(setti
 
 def test_usable_job_ids_are_kept_in_order_once():
     ids = [UUID, " good-job ", "abc_DEF-123", UUID, "x" * 128]
-    assert settings(tam_job_ids=ids).tam_job_ids == (UUID, "good-job", "abc_DEF-123", "x" * 128)
+    assert settings(tam_job_ids=ids).job_ids(JobType.TAM) == (
+        UUID,
+        "good-job",
+        "abc_DEF-123",
+        "x" * 128,
+    )

@@ -19,9 +19,9 @@ from support import (
     write_json,
 )
 
+from openfunnel_sandbox import FakeOpenFunnel, Faults, JobSpec
 from tap_openfunnel.entries import fingerprint, parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
-from tap_openfunnel.sandbox import FakeOpenFunnel, Faults, JobSpec
 
 TAM_QUERY = "observability vendors in Europe"
 SEARCH = {"query": "developer tools for data teams", "limit": 300}

@@ -22,7 +22,7 @@ from support import (
     write_json,
 )
 
-from tap_openfunnel.sandbox import JobSpec
+from openfunnel_sandbox import JobSpec
 
 TOOLS_BIN = Path(__file__).resolve().parent.parent / ".tools-venv" / "bin"
 

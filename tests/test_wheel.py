@@ -1,4 +1,8 @@
-"""The built wheel carries the schemas: installed on its own, the tap discovers every stream."""
+"""The built wheel carries the tap and its schemas, and nothing else.
+
+Installed on its own, the tap discovers every stream; the fake OpenFunnel server is a
+distribution of its own (sandbox/) and is neither in the wheel nor importable from it.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,9 @@ def test_wheel_installs_and_discovers_from_its_own_schemas(tmp_path):
     wheel = next(dist.glob("tap_openfunnel-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"tap_openfunnel/schemas/{name}.json" for name in STREAMS} <= names
+    packages = {name.split("/")[0] for name in names if "/" in name}
+    assert packages == {"tap_openfunnel", f"{wheel.name.rsplit('-', 3)[0]}.dist-info"}, packages
+    assert not [name for name in names if "sandbox" in name], names
 
     # A fresh environment with the wheel in it; the dependencies come from this one
     # through a .pth line, which (unlike a site dir) does not activate the editable
@@ -76,6 +83,15 @@ def test_wheel_installs_and_discovers_from_its_own_schemas(tmp_path):
         cwd=tmp_path,
     ).stdout
     assert where.startswith(str(env_dir)), where
+    for module in ("openfunnel_sandbox", "tap_openfunnel.sandbox"):
+        found = subprocess.run(
+            [str(python), "-c", f"import importlib.util as u; print(u.find_spec({module!r}))"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert found.stdout.strip() == "None", (module, found.stdout, found.stderr)
     discovered = subprocess.run(
         [str(env_dir / "bin" / "tap-openfunnel"), "--discover", "--config", str(config)],
         capture_output=True,

@@ -17,7 +17,7 @@ from e2e_support import (
     postgres_cluster,
 )
 
-from tap_openfunnel.sandbox import FakeOpenFunnel
+from openfunnel_sandbox import FakeOpenFunnel
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from tap_openfunnel.sandbox import FakeOpenFunnel
+    from openfunnel_sandbox import FakeOpenFunnel
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MELTANO_VENV = Path(os.environ.get("MELTANO_VENV", PROJECT_ROOT / ".meltano-venv"))

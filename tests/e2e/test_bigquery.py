@@ -12,7 +12,7 @@ from warehouse_support import (
     rerun_one_page_back,
 )
 
-from tap_openfunnel.sandbox import JobSpec
+from openfunnel_sandbox import JobSpec
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from e2e_support import describe, tap_env
 
-from tap_openfunnel.sandbox import JobSpec
+from openfunnel_sandbox import JobSpec
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from collections import defaultdict
 import pytest
 from e2e_support import DUCKDB_PYTHON, PROJECT_ROOT, describe, tap_env
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel.entries import parse_entries
-from tap_openfunnel.sandbox import JobSpec
 
 pytestmark = pytest.mark.e2e
 

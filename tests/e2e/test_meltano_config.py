@@ -9,7 +9,7 @@ import sys
 import pytest
 from e2e_support import PROJECT_ROOT, describe, scratch_project, tap_env
 
-from tap_openfunnel.sandbox import JobSpec
+from openfunnel_sandbox import JobSpec
 
 pytestmark = pytest.mark.e2e
 

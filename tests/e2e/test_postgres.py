@@ -19,7 +19,7 @@ from e2e_support import (
     wait_for,
 )
 
-from tap_openfunnel.sandbox import JobSpec
+from openfunnel_sandbox import JobSpec
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from e2e_support import DUCKDB_PYTHON, describe, tap_env
 
-from tap_openfunnel.sandbox import JobSpec
+from openfunnel_sandbox import JobSpec
 
 pytestmark = pytest.mark.e2e
 

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from e2e_support import PROJECT_ROOT, SETUP_HINT, describe, free_port
 
-from tap_openfunnel.sandbox import JobSpec
-from tap_openfunnel.sandbox.data import page_rows
+from openfunnel_sandbox import JobSpec
+from openfunnel_sandbox.data import page_rows
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

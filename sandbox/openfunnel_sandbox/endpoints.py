@@ -6,11 +6,11 @@ import re
 import typing as t
 from dataclasses import replace
 
-from tap_openfunnel.sandbox.faults import Answer, json_answer
-from tap_openfunnel.sandbox.lifecycle import JobConflictError
-from tap_openfunnel.sandbox.pages import parse_cursor, poll_body, split_seed_domains
-from tap_openfunnel.sandbox.store import CreditsExceededError
-from tap_openfunnel.sandbox.validation import (
+from openfunnel_sandbox.faults import Answer, json_answer
+from openfunnel_sandbox.lifecycle import JobConflictError
+from openfunnel_sandbox.pages import parse_cursor, poll_body, split_seed_domains
+from openfunnel_sandbox.store import CreditsExceededError
+from openfunnel_sandbox.validation import (
     ValidationFailedError,
     parse_json_object,
     validate_bulk_submit,
@@ -21,9 +21,9 @@ from tap_openfunnel.sandbox.validation import (
 if t.TYPE_CHECKING:
     from collections.abc import Callable
 
-    from tap_openfunnel.sandbox.lifecycle import JobSpec
-    from tap_openfunnel.sandbox.store import JobStore
-    from tap_openfunnel.sandbox.transport import Exchange
+    from openfunnel_sandbox.lifecycle import JobSpec
+    from openfunnel_sandbox.store import JobStore
+    from openfunnel_sandbox.transport import Exchange
 
 BASES = {"tam": "/api/v1/tam/build", "lookalike": "/api/v1/account/search-lookalikes-bulk"}
 SUBMIT_PATHS = frozenset(BASES.values())

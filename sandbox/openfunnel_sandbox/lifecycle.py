@@ -6,7 +6,7 @@ import math
 import typing as t
 from dataclasses import dataclass, field, replace
 
-from tap_openfunnel.sandbox.data import band_label
+from openfunnel_sandbox.data import band_label
 
 JobKind = t.Literal["tam", "lookalike"]
 Outcome = t.Literal["completed", "failed", "cancelled", "paused"]

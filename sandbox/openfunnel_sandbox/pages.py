@@ -9,13 +9,13 @@ import re
 import typing as t
 from dataclasses import dataclass
 
-from tap_openfunnel.sandbox.data import page_rows
-from tap_openfunnel.sandbox.validation import ValidationFailedError, error
+from openfunnel_sandbox.data import page_rows
+from openfunnel_sandbox.validation import ValidationFailedError, error
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from tap_openfunnel.sandbox.lifecycle import Job, JobState
+    from openfunnel_sandbox.lifecycle import Job, JobState
 
 _PAGE_NAME = re.compile(r"page_(\d{4,})")
 _OPAQUE = re.compile(r"p:(\d+)")

@@ -9,8 +9,8 @@ import typing as t
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from tap_openfunnel.sandbox.endpoints import SUBMIT_PATHS, Endpoints
-from tap_openfunnel.sandbox.faults import (
+from openfunnel_sandbox.endpoints import SUBMIT_PATHS, Endpoints
+from openfunnel_sandbox.faults import (
     SLEEP_ENTRY,
     FaultPlan,
     Faults,
@@ -18,9 +18,9 @@ from tap_openfunnel.sandbox.faults import (
     rate_limited,
     server_error,
 )
-from tap_openfunnel.sandbox.lifecycle import JobSpec
-from tap_openfunnel.sandbox.store import JobStore
-from tap_openfunnel.sandbox.transport import Exchange, Outcome, SandboxHTTPServer
+from openfunnel_sandbox.lifecycle import JobSpec
+from openfunnel_sandbox.store import JobStore
+from openfunnel_sandbox.transport import Exchange, Outcome, SandboxHTTPServer
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import typing as t
 
-from tap_openfunnel.sandbox.data import FUNDING_STAGES
+from openfunnel_sandbox.data import FUNDING_STAGES
 
 TAM_QUERY_MAX = 500
 BULK_QUERY_MAX = 200

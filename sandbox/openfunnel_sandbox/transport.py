@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from tap_openfunnel.sandbox.faults import Answer, json_answer
+from openfunnel_sandbox.faults import Answer, json_answer
 
-LOGGER = logging.getLogger("tap_openfunnel.sandbox")
+LOGGER = logging.getLogger("openfunnel_sandbox")
 STATS_PATH = "/_sandbox/stats"
 
 

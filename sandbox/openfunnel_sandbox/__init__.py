@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tap_openfunnel.sandbox.faults import Faults
-from tap_openfunnel.sandbox.lifecycle import JobSpec
-from tap_openfunnel.sandbox.server import FakeOpenFunnel, RequestRecord
+from openfunnel_sandbox.faults import Faults
+from openfunnel_sandbox.lifecycle import JobSpec
+from openfunnel_sandbox.server import FakeOpenFunnel, RequestRecord
 
 __all__ = ["FakeOpenFunnel", "Faults", "JobSpec", "RequestRecord"]

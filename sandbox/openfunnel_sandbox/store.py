@@ -10,7 +10,7 @@ import typing as t
 import uuid
 from dataclasses import replace
 
-from tap_openfunnel.sandbox.lifecycle import Job, JobSpec, JobState
+from openfunnel_sandbox.lifecycle import Job, JobSpec, JobState
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable

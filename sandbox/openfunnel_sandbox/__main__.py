@@ -1,4 +1,4 @@
-"""Command line: ``python -m tap_openfunnel.sandbox`` serves a fake OpenFunnel API on loopback."""
+"""Command line: ``python -m openfunnel_sandbox`` serves a fake OpenFunnel API on loopback."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import threading
 import typing as t
 
-from tap_openfunnel.sandbox import FakeOpenFunnel, Faults, JobSpec
+from openfunnel_sandbox import FakeOpenFunnel, Faults, JobSpec
 
 if t.TYPE_CHECKING:
     from collections.abc import Sequence
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         The parser.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m tap_openfunnel.sandbox",
+        prog="python -m openfunnel_sandbox",
         description="Serve a fake OpenFunnel API on loopback, to try tap-openfunnel without a key.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
