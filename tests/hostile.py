@@ -9,6 +9,7 @@ not as a hung test.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import zlib
@@ -17,11 +18,39 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 PAGE_SIZE = 100
 TAM_PATH = "/api/v1/tam/build/"
+
+# Polls and retries short enough that a test against a pathological answer ends quickly.
+FAST = {"poll_interval": 0.05, "max_poll_interval": 0.1, "max_retry_wait": 0.05}
+
+
+def run_tap_against(
+    api: HostileAPI,
+    tmp_path: Path,
+    *,
+    state: dict[str, Any] | None = None,
+    prefix: tuple[str, ...] = (),
+    **settings: Any,
+) -> TapRun:
+    """Run the tap's CLI against ``api`` with FAST polls and ``settings``; its output parsed."""
+    config = {"api_key": API_KEY, "api_url": api.url, **FAST, **settings}
+    state_path = None if state is None else write_json(tmp_path / "state.json", state)
+    proc = subprocess.run(
+        [*prefix, *tap_command(write_json(tmp_path / "config.json", config), state_path)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=tap_env(),
+        check=False,
+    )
+    return TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
 
 
 def page_name(index: int) -> str:

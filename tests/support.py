@@ -122,3 +122,19 @@ def discover(config_path: Path) -> dict[str, Any]:
     )
     assert API_KEY not in proc.stdout + proc.stderr
     return json.loads(proc.stdout)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when something sleeps on it: time as a parameter."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.sleeps.append(seconds)
+        self.now += seconds

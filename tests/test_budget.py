@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from support import API_KEY
+from support import API_KEY, FakeClock
 
 from tap_openfunnel.budget import BudgetGuard, cap_setting, credit_amount, unreadable
 from tap_openfunnel.checkpoint import Checkpoint
@@ -41,20 +41,6 @@ HOSTILE = [
     pytest.param([100], "a list", id="list"),
     pytest.param(None, "missing", id="missing"),
 ]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @dataclass

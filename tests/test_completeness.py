@@ -8,39 +8,23 @@ from the page state kept.
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 import pytest
-from hostile import TAM_PATH, HostileAPI, HostileJob, page_number
-from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
+from hostile import TAM_PATH, HostileAPI, HostileJob, page_number, run_tap_against
+from support import API_KEY, TapRun
 
 GOOD = "good-job"
 BAD = "bad-job"
 
 
 def run_tap(api: HostileAPI, tmp_path, state: dict[str, Any] | None = None, **settings: Any):
-    config = {
-        "api_key": API_KEY,
-        "api_url": api.url,
-        "tam_job_ids": [GOOD, BAD],
-        "poll_interval": 0.05,
-        "max_poll_interval": 0.1,
-        "max_retries": 1,
-        "max_retry_wait": 0.05,
-        "request_timeout": 5,
-        **settings,
-    }
-    state_path = None if state is None else write_json(tmp_path / "state.json", state)
-    proc = subprocess.run(
-        tap_command(write_json(tmp_path / "config.json", config), state_path),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=tap_env(),
-        check=False,
+    run = run_tap_against(
+        api,
+        tmp_path,
+        state=state,
+        **{"tam_job_ids": [GOOD, BAD], "max_retries": 1, "request_timeout": 5, **settings},
     )
-    run = TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     assert API_KEY not in run.stdout + run.stderr
     return run

@@ -9,14 +9,13 @@ company under two ranks, and still deliver the sound job whole.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from typing import Any
 
 import pytest
-from hostile import HostileAPI, HostileJob, Streamed, gzip_bomb, page_number
-from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
+from hostile import HostileAPI, HostileJob, Streamed, gzip_bomb, page_number, run_tap_against
+from support import API_KEY, TapRun
 
 GOOD = "good-job"
 BAD = "bad-job"
@@ -37,30 +36,15 @@ MEASURED = (
 def run_against(
     api: HostileAPI, tmp_path, prefix: tuple[str, ...] = (), **overrides: Any
 ) -> TapRun:
-    config = {
-        "api_key": API_KEY,
-        "api_url": api.url,
-        "tam_job_ids": [GOOD, BAD],
-        "poll_interval": 0.05,
-        "max_poll_interval": 0.1,
-        "max_retries": 2,
-        "max_retry_wait": 0.05,
-        "request_timeout": 2,
-        **overrides,
-    }
     state = overrides.pop("state", None)
-    config.pop("state", None)
-    state_path = write_json(tmp_path / "state.json", state) if state is not None else None
     started = time.monotonic()
-    proc = subprocess.run(
-        [*prefix, *tap_command(write_json(tmp_path / "config.json", config), state_path)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=tap_env(),
-        check=False,
+    run = run_tap_against(
+        api,
+        tmp_path,
+        state=state,
+        prefix=prefix,
+        **{"tam_job_ids": [GOOD, BAD], "max_retries": 2, "request_timeout": 2, **overrides},
     )
-    run = TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
     run.seconds = time.monotonic() - started  # type: ignore[attr-defined]
     return run
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import pytest
-from hostile import TAM_PATH, HostileAPI, HostileJob
-from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
+from hostile import TAM_PATH, HostileAPI, HostileJob, run_tap_against
+from support import API_KEY
 
 from tap_openfunnel.api import ENDPOINTS
 from tap_openfunnel.exceptions import ApiError
@@ -19,25 +18,7 @@ UUID = "8a8e8a97-8192-48ff-849a-d8a96e949732"
 
 
 def run_tap(api: HostileAPI, tmp_path, state: dict[str, Any] | None = None, **settings: Any):
-    config = {
-        "api_key": API_KEY,
-        "api_url": api.url,
-        "poll_interval": 0.05,
-        "max_poll_interval": 0.1,
-        "max_retries": 1,
-        "max_retry_wait": 0.05,
-        **settings,
-    }
-    state_path = None if state is None else write_json(tmp_path / "state.json", state)
-    proc = subprocess.run(
-        tap_command(write_json(tmp_path / "config.json", config), state_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=tap_env(),
-        check=False,
-    )
-    run = TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
+    run = run_tap_against(api, tmp_path, state=state, **{"max_retries": 1, **settings})
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     assert API_KEY not in run.stdout + run.stderr
     return run

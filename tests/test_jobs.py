@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from support import FakeClock
 
 from tap_openfunnel.exceptions import (
     JobError,
@@ -14,20 +15,6 @@ from tap_openfunnel.exceptions import (
     RetriesExhaustedError,
 )
 from tap_openfunnel.jobs import JobPoller, JobType
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def scripted(statuses: dict[str, list[str]]):
