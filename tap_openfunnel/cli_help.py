@@ -25,8 +25,9 @@ OPTIONS = {
         "jobs, credits_balance) and exit. Needs no api_key and sends no request."
     ),
     "--about": (
-        "Print the tap's name, version, capabilities and every setting with its "
-        "description and default, then exit (--format json or markdown)."
+        "Print the tap's name, version, capabilities and every setting (name, type, "
+        "environment variable), then exit. --format markdown or json adds each "
+        "setting's description and default."
     ),
     "--config": (
         "A JSON config file (repeat the option to merge several: later files win), or "

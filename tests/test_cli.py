@@ -337,7 +337,7 @@ def test_help_describes_this_taps_options():
     assert "one balance call" in text  # --test: a key check, not the SDK's record sync
     assert "sync a single record" not in text
     assert "Needs no api_key and sends no request" in text  # --discover
-    assert "every setting with its description" in text  # --about
+    assert "adds each setting's description and default" in text  # --about
 
 
 @pytest.mark.parametrize(

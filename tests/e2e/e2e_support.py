@@ -218,6 +218,10 @@ def tap_env(
         "api_key": E2E_API_KEY,
         "tam_job_ids": tam,
         "lookalike_job_ids": lookalike,
+        # The tests run this checkout's meltano.yml: entries a user added there with
+        # `meltano config set` would otherwise be submitted too and change every count.
+        "tam_builds": [],
+        "lookalike_searches": [],
         **extra,
     }
     return {
