@@ -151,6 +151,7 @@ class Journal:
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._checkpoint()
 
     def describe(self) -> str:
         """The journal in words, for the dry run.
@@ -296,7 +297,19 @@ class Journal:
         with self._failing("written"):
             # Each statement commits on its own (autocommit), synchronously to disk.
             cursor = self._db.execute(sql, params)
+            self._checkpoint()
             return int(cursor.lastrowid or 0)
+
+    def _checkpoint(self) -> None:
+        """Move what the WAL holds into the journal file itself.
+
+        The tap ends without closing its connections (no interpreter teardown), so the WAL
+        is never folded back on close: without this, a copy or backup of the journal file
+        alone would hold no submission. A reader holding the WAL only delays this to the
+        next write; SQLite answers "busy" instead of raising.
+        """
+        assert self._db is not None  # noqa: S101 - only called on a writable journal
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _submit_held_elsewhere(self) -> bool:
         with self._failing("read"):

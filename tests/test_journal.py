@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -82,6 +83,20 @@ def test_a_second_loader_with_an_empty_state_reattaches_instead_of_buying_again(
     assert tam_server.submit_count("tam") == 1
     assert third.records("tam_companies") == []
     assert API_KEY not in first.stderr + second.stderr + third.stderr + dry.stderr
+
+
+def test_the_journal_file_alone_holds_every_submission(tam_server, run_tap, tmp_path):
+    # A backup, a CI cache or a volume may keep journal.sqlite3 without its -wal file.
+    path = tmp_path / "journal.sqlite3"
+    run = run_tap(tam_config(tam_server, journal_path=str(path)))
+    assert run.returncode == 0, run.stderr
+    copy = tmp_path / "copy" / "journal.sqlite3"
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    with contextlib.closing(sqlite3.connect(copy)) as db:
+        rows = db.execute("SELECT job_id, status FROM submissions").fetchall()
+    assert [status for _, status in rows] == ["submitted"]
+    assert rows[0][0]
 
 
 def test_without_the_journal_only_the_state_remembers(tam_server, run_tap, private_state_home):
