@@ -65,15 +65,28 @@ def read_state(text: str) -> tuple[object, str | None]:
                 "message, not a STATE message holding a state object. " + _TO_DO
             )
             raise StateFileError(msg)
+        _check_wrapper(value, ("type", "value"), "STATE message")
         value, form = value["value"], "a STATE message"
     elif isinstance(value, dict) and "singer_state" in value:
         if not isinstance(value["singer_state"], dict):
             msg = "The state given with --state has a 'singer_state' that is not an object. "
             raise StateFileError(msg + _TO_DO)
+        _check_wrapper(value, ("singer_state",), "Meltano state export")
         value, form = value["singer_state"], "Meltano's state export (singer_state)"
     if isinstance(value, dict):
         _check_top_level(value)
     return value, form
+
+
+def _check_wrapper(wrapper: dict[str, t.Any], known: tuple[str, ...], form: str) -> None:
+    unknown = sorted(str(key) for key in wrapper if key not in known)
+    if unknown:
+        msg = (
+            f"The state given with --state is a {form} with field(s) no {form} has "
+            f"({', '.join(repr(key[:40]) for key in unknown[:5])}), so the tap cannot tell "
+            "what it holds. " + _TO_DO
+        )
+        raise StateFileError(msg)
 
 
 def _check_top_level(state: dict[str, t.Any]) -> None:

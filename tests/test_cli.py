@@ -286,6 +286,10 @@ def test_a_state_in_any_form_people_pass_keeps_its_submits(server, run_tap, wrap
     [
         pytest.param('{"completed": {"bookmarks": {}}}', "'completed'", id="unknown-top-level"),
         pytest.param(
+            '{"type": "STATE", "value": {}, "extra": 1}', "'extra'", id="a-STATE-message-and-more"
+        ),
+        pytest.param('{"singer_state": {}, "extra": 1}', "'extra'", id="meltano-export-and-more"),
+        pytest.param(
             '{"type": "RECORD", "stream": "jobs", "record": {}}', "'RECORD'", id="a-RECORD"
         ),
         pytest.param(
