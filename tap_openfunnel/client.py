@@ -256,10 +256,15 @@ class OpenFunnelClient:
                 )
                 raise UnreachableError(msg, path=path) from None
             last = f"HTTP {exc.status}" if exc.status else exc.reason
+            cause = (
+                "The API or the network is having trouble; run the tap again later."
+                if exc.sent
+                else f"No connection to {self.api_url} could be made: check 'api_url' and "
+                "that this machine can reach it (DNS, firewall, proxy), or run again later."
+            )
             msg = (
                 f"{method} {path} still failed after {retries} retries (last: {last}). "
-                "The API or the network is having trouble; run the tap again later. "
-                "Raise 'max_retries' or 'max_retry_wait' to ride out longer outages."
+                f"{cause} Raise 'max_retries' or 'max_retry_wait' to ride out longer outages."
             )
             raise RetriesExhaustedError(msg, status=exc.status, path=path) from None
 

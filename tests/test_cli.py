@@ -146,6 +146,7 @@ def test_retries_running_out_are_explained_once_without_sdk_noise(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.count("still failed after 1 retries") == 1
     assert "Connection refused" in proc.stderr
+    assert f"No connection to {config['api_url']} could be made" in proc.stderr
     assert "unhandled error" not in proc.stderr
     assert "Traceback" not in proc.stderr
 
