@@ -79,25 +79,26 @@ def read_state(text: str) -> tuple[object, str | None]:
 
 
 def _check_wrapper(wrapper: dict[str, t.Any], known: tuple[str, ...], form: str) -> None:
-    unknown = sorted(str(key) for key in wrapper if key not in known)
+    _refuse_unknown(wrapper, known, has=f"is a {form} with", nobody=form, holds="holds")
+
+
+def _refuse_unknown(
+    value: dict[str, t.Any], known: t.Container[str], *, has: str, nobody: str, holds: str
+) -> None:
+    unknown = sorted(str(key) for key in value if key not in known)
     if unknown:
         msg = (
-            f"The state given with --state is a {form} with field(s) no {form} has "
+            f"The state given with --state {has} field(s) no {nobody} has "
             f"({', '.join(repr(key[:40]) for key in unknown[:5])}), so the tap cannot tell "
-            "what it holds. " + _TO_DO
+            f"what it {holds}. " + _TO_DO
         )
         raise StateFileError(msg)
 
 
 def _check_top_level(state: dict[str, t.Any]) -> None:
-    unknown = sorted(str(key) for key in state if key not in _STATE_KEYS)
-    if unknown:
-        msg = (
-            "The state given with --state has top-level field(s) no Singer state has "
-            f"({', '.join(repr(key[:40]) for key in unknown[:5])}), so the tap cannot tell "
-            "what it remembers. " + _TO_DO
-        )
-        raise StateFileError(msg)
+    _refuse_unknown(
+        state, _STATE_KEYS, has="has top-level", nobody="Singer state", holds="remembers"
+    )
     bookmarks = state.get("bookmarks")
     if isinstance(bookmarks, dict):
         foreign = sorted(str(name) for name in bookmarks if name not in STREAM_NAMES)
