@@ -84,6 +84,28 @@ class Streamed:
         self.sent = 0
 
 
+def send_streamed(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: Streamed,
+    content_type: str | None = None,
+) -> None:
+    """Answer with ``body`` sent as it is generated, counting what went out, then hang up."""
+    handler.send_response(status)
+    if content_type is not None:
+        handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Encoding", body.encoding)
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.close_connection = True
+    for chunk in body.chunks:
+        try:
+            handler.wfile.write(chunk)
+        except OSError:
+            return  # the client stopped reading
+        body.sent += len(chunk)
+
+
 def company(job_id: str, index: int) -> dict[str, Any]:
     return {
         "name": f"Company {index}",
@@ -304,15 +326,4 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(trickle)
 
     def _stream(self, status: int, body: Streamed) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Encoding", body.encoding)
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        for chunk in body.chunks:
-            try:
-                self.wfile.write(chunk)
-            except OSError:
-                return  # the client stopped reading
-            body.sent += len(chunk)
+        send_streamed(self, status, body, content_type="application/json")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from hostile import Streamed, gzip_bomb
+from hostile import Streamed, gzip_bomb, send_streamed
 from support import API_KEY
 
 from tap_openfunnel import logs
@@ -51,17 +51,7 @@ class _Body(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = type(self).body
         if isinstance(body, Streamed):
-            self.send_response(200)
-            self.send_header("Content-Encoding", body.encoding)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            for chunk in body.chunks:
-                try:
-                    self.wfile.write(chunk)
-                except OSError:
-                    return
-                body.sent += len(chunk)
+            send_streamed(self, 200, body)
             return
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
