@@ -23,6 +23,8 @@ from support import (
 )
 
 from openfunnel_sandbox import JobSpec
+from tap_openfunnel.exceptions import RunNotPreparedError
+from tap_openfunnel.tap import TapOpenFunnel
 
 TOOLS_BIN = Path(__file__).resolve().parent.parent / ".tools-venv" / "bin"
 
@@ -314,6 +316,21 @@ def test_connection_test_is_one_cheap_call(server, tmp_path, key, code):
     else:
         assert "Authentication failed" in proc.stderr
         assert key not in proc.stderr
+
+
+def test_an_embedder_plans_the_run_by_one_explicit_call(server):
+    """No stream plans behind the caller's back: asked for records before the run is
+    planned, it sends nothing and says which call is missing; after it, it reads."""
+    job = server.add_job(JobSpec(kind="tam", rows=3))
+    tap = TapOpenFunnel(config=base_config(server, tam_job_ids=[job]), parse_env_config=False)
+    stream = tap.streams["tam_companies"]
+    with pytest.raises(RunNotPreparedError, match=r"tap\.plan_run\(\)"):
+        list(stream.get_records(None))
+    assert server.requests == []
+    assert tap.current is None
+    run = tap.plan_run()
+    assert tap.current is run
+    assert [record["rank"] for record in stream.get_records(None)] == [1, 2, 3]
 
 
 def test_credits_balance_stream_comes_first_when_selected(server, tmp_path):
