@@ -28,7 +28,7 @@ else:
     from typing_extensions import override
 
 if t.TYPE_CHECKING:
-    from collections.abc import Generator
+    from collections.abc import Generator, Iterable
 
     from singer_sdk.helpers.types import Context
     from singer_sdk.mapper import StreamMap
@@ -226,11 +226,14 @@ class SelectedRecordMessages(Stream):
     messages as ``Stream._generate_record_messages`` does. Any deselected property, or
     a type conformance level other than NONE, takes the SDK's own path unchanged.
 
-    The same holds for two more steps: a stream map that is the SDK's identity
-    (``SameRecordTransform``, no flattening) returns the record it is given, so it is
-    not called; and with no child streams and no partition context the SDK's
-    ``_process_record`` has nothing to add to a record or sync. What can be decided per
-    stream is decided once, on its first record.
+    The same holds for a stream map that is the SDK's identity (``SameRecordTransform``,
+    no flattening): it returns the record it is given, so it is not called. What can be
+    decided per stream is decided once, on its first record. With no child streams, the
+    public ``generate_child_contexts`` makes no child context (the SDK's default makes
+    one per record, and a shallow copy of the record).
+
+    ``_generate_record_messages`` is the one private SDK method the tap replaces
+    (pinned by tests/test_output.py); docs/how-it-works.md says what it saves.
     """
 
     _plain_path: bool | None = None
@@ -252,14 +255,14 @@ class SelectedRecordMessages(Stream):
         return self._plain_path
 
     @override
-    def _process_record(
-        self,
-        record: dict[str, t.Any],
-        child_context: Context | None = None,
-        partition_context: Context | None = None,
-    ) -> None:
-        if self.child_streams or partition_context:
-            super()._process_record(record, child_context, partition_context)
+    def generate_child_contexts(
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> Iterable[Context | None]:
+        # With no child stream there is no child context to make: the SDK's default
+        # makes one per record and copies the record for children that do not exist.
+        if not self.child_streams:
+            return ()
+        return super().generate_child_contexts(record, context)
 
     @override
     def _generate_record_messages(

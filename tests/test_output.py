@@ -416,19 +416,19 @@ def test_the_encoded_writer_writes_the_sdks_state_line_once_after_its_records(tm
     assert writer.since_state == 0
 
 
-def test_process_record_is_still_the_sdks_per_record_hook(server, monkeypatch, capsys):
-    """SelectedRecordMessages skips the SDK's ``_process_record`` when it has nothing to
-    do; were the SDK to stop calling it by that name, this notices."""
+def test_child_contexts_are_still_asked_through_the_public_hook(server, monkeypatch, capsys):
+    """SelectedRecordMessages spares the SDK's per-record child context through the
+    public ``generate_child_contexts``; were the SDK to stop asking it, this notices."""
     job = server.add_job(JobSpec(kind="tam", rows=3))
     seen: list[int] = []
-    original = SelectedRecordMessages._process_record
+    original = SelectedRecordMessages.generate_child_contexts
 
-    def counting(self, record, child_context=None, partition_context=None):
+    def counting(self, record, context):
         if "rank" in record:
             seen.append(record["rank"])
-        return original(self, record, child_context, partition_context)
+        return original(self, record, context)
 
-    monkeypatch.setattr(SelectedRecordMessages, "_process_record", counting)
+    monkeypatch.setattr(SelectedRecordMessages, "generate_child_contexts", counting)
     cli.sync(TapOpenFunnel(config=base_config(server, tam_job_ids=[job])))
     assert seen == [1, 2, 3]
     capsys.readouterr()
