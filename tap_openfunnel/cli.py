@@ -32,6 +32,8 @@ if t.TYPE_CHECKING:
 
 # The SDK's schema error for an absent key; the tap's own message says what to do.
 _KEY_REQUIRED = "'api_key' is a required property"
+# The SDK's bare warning when a tap is built without validating its config.
+SDK_CONFIG_WARNING = "Config validation failed"
 JOURNAL_OFF = (
     "Journal: off ('journal: false'): only the state given to this run knows what was submitted."
 )
@@ -139,7 +141,7 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
             fail(tap_class.logger, MISSING_API_KEY)
         # The SDK re-validates and warns a bare "Config validation failed"; the caller
         # says what is missing instead.
-        quiet = _DropMessage("Config validation failed")
+        quiet = _DropMessage(SDK_CONFIG_WARNING)
         tap_class.logger.addFilter(quiet)
         try:
             tap = create(validate=False)
