@@ -72,7 +72,7 @@ def run_profiled(output: str, tap_args: list[str]) -> int:
     The ``tap-openfunnel`` command ends with ``os._exit`` once its output is flushed
     (``tap_openfunnel.__main__``), so nothing that waits for the interpreter's exit, as
     ``python -m cProfile`` does, would run. This runs the same command line
-    (``__main__.run``: same imports, same pipe set-up), then flushes and dumps.
+    (``__main__.invoke_cli``: same imports, same pipe set-up), then flushes and dumps.
 
     Args:
         output: Where the pstats file goes.
@@ -89,7 +89,7 @@ def run_profiled(output: str, tap_args: list[str]) -> int:
     try:
         from tap_openfunnel import __main__ as command  # noqa: PLC0415 - profiled too
 
-        code = command.run()
+        code = command.invoke_cli()
     finally:
         profiler.disable()
         profiler.dump_stats(output)

@@ -28,14 +28,14 @@ def main() -> t.NoReturn:
     next to no garbage (about 1,900 objects). What the imports built is then frozen
     (``gc.freeze``): later collections skip it. 30-50 ms of every start.
     """
-    finish(run())
+    finish(invoke_cli())
 
 
-def run() -> object:
+def invoke_cli() -> object:
     """Import the tap and run its command line, without ending the process.
 
     :func:`main` without the exit, for a caller that still has work to do after the
-    run, such as ``benchmarks/profile_tap.py`` writing its profile.
+    command, such as ``benchmarks/profile_tap.py`` writing its profile.
 
     Returns:
         The ``SystemExit`` code the command line ended with (0 if it returned).

@@ -6,19 +6,62 @@ import typing as t
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from tap_openfunnel.bounds import MIB
+from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.decoding import decode_object, decode_page_fields
 from tap_openfunnel.exceptions import ApiError
 from tap_openfunnel.families import FAMILIES
 from tap_openfunnel.job_ids import job_id_problem
 from tap_openfunnel.pagination import Page
+from tap_openfunnel.retries import RetryPolicy
 
 if t.TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from tap_openfunnel.client import OpenFunnelClient
     from tap_openfunnel.jobs import JobType
+    from tap_openfunnel.settings import Settings
 
 BALANCE_PATH = "/api/v1/credits/balance"
+# A connection check answers within seconds: a short read timeout, and few, short
+# retries of throttling or 5xx (a refused connection or an unknown host is not retried).
+CHECK_TIMEOUT = 10.0
+CHECK_RETRIES = 2
+CHECK_MAX_WAIT = 3.0
+
+# The manifest fields of a finished job the tap reads (the jobs stream has a column for
+# each; the others are kept whole in its manifest column).
+MANIFEST_FIELDS = (
+    "pages",
+    "page_size",
+    "unique_count",
+    "count",
+    "partial",
+    "degraded",
+    "ranked",
+    "stop_reason",
+    "credits_consumed",
+    "derived_query",
+    "resolved_seed_domains",
+    "unresolved_seed_domains",
+    "rerank_degraded",
+)
+# How far a running job has got, as its poll answer says.
+PROGRESS_FIELDS = ("processed", "progress_message", "bands_done", "bands_total")
+# Every top-level field of a poll answer the tap reads (§3.2, §4.2); others are unknown.
+POLL_FIELDS = frozenset(
+    {
+        "job_id",
+        "status",
+        "manifest",
+        "error_message",
+        "rows",
+        "page",
+        "next_cursor",
+        "count",
+        "degraded",
+        *PROGRESS_FIELDS,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +107,38 @@ class JobAPI:
     def __init__(self, client: OpenFunnelClient) -> None:
         self.client = client
         self._balance: dict[str, t.Any] | None = None
+
+    @classmethod
+    def connect(cls, settings: Settings, *, check: bool = False) -> JobAPI:
+        """The job API over a client built from the settings: the sync's, or a check's.
+
+        Args:
+            settings: The tap's settings.
+            check: A connection check (``--test``): one connection, a short read
+                timeout, two short retries of throttling or 5xx, and none of a refused
+                connection or an unknown host. A sync retries those for minutes.
+
+        Returns:
+            The job API.
+        """
+        timeout, retries, max_wait = (
+            settings.request_timeout,
+            settings.max_retries,
+            settings.max_retry_wait,
+        )
+        if check:
+            timeout = min(timeout, CHECK_TIMEOUT)
+            retries = min(retries, CHECK_RETRIES)
+            max_wait = min(max_wait, CHECK_MAX_WAIT)
+        client = OpenFunnelClient(
+            api_url=settings.api_url,
+            api_key=settings.api_key,
+            timeout=timeout,
+            max_bytes=settings.max_response_mib * MIB,
+            retry=RetryPolicy(max_retries=retries, max_wait=max_wait, retry_unreachable=not check),
+            pool_size=1 if check else settings.page_concurrency + 2,
+        )
+        return cls(client)
 
     def submit(self, job_type: JobType, body: Mapping[str, t.Any]) -> dict[str, t.Any]:
         """Create a job (billed); retried only when no job can have been created.

@@ -5,35 +5,35 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import stat
 import sys
+import threading
 import typing as t
 
 from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.logging import StructuredFormatter
 
-from tap_openfunnel.api import BALANCE_PATH
+from tap_openfunnel import signals
+from tap_openfunnel.api import JobAPI
 from tap_openfunnel.budget import credit_amount, credits_text
 from tap_openfunnel.checkpoint import state_problem
-from tap_openfunnel.client import OpenFunnelClient
 from tap_openfunnel.exceptions import OpenFunnelError
 from tap_openfunnel.families import settings_text
 from tap_openfunnel.logs import install_reported_error_filter, install_secret_filter
-from tap_openfunnel.retries import RetryPolicy
 from tap_openfunnel.settings import MISSING_API_KEY, Settings, check_known_settings
 from tap_openfunnel.state_file import StateFileError, read_state
 
 if t.TYPE_CHECKING:
+    from types import FrameType
+
     from tap_openfunnel.planner import Plan
     from tap_openfunnel.tap import TapOpenFunnel
 
 # The SDK's schema error for an absent key; the tap's own message says what to do.
 _KEY_REQUIRED = "'api_key' is a required property"
-# --test answers within seconds: a short read timeout, and few, short retries of
-# throttling or 5xx (a refused connection or an unknown host is not retried at all).
-_TEST_TIMEOUT = 10.0
-_TEST_RETRIES = 2
-_TEST_MAX_WAIT = 3.0
+# The SDK's bare warning when a tap is built without validating its config.
+SDK_CONFIG_WARNING = "Config validation failed"
 JOURNAL_OFF = (
     "Journal: off ('journal: false'): only the state given to this run knows what was submitted."
 )
@@ -126,7 +126,7 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
         )
 
     try:
-        return create(validate=True)
+        tap = create(validate=True)
     except ConfigValidationError as exc:
         errors = [error for error in exc.errors if not _about_api_key(error)]
         if errors:
@@ -141,12 +141,14 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
             fail(tap_class.logger, MISSING_API_KEY)
         # The SDK re-validates and warns a bare "Config validation failed"; the caller
         # says what is missing instead.
-        quiet = _DropMessage("Config validation failed")
+        quiet = _DropMessage(SDK_CONFIG_WARNING)
         tap_class.logger.addFilter(quiet)
         try:
-            return create(validate=False)
+            tap = create(validate=False)
         finally:
             tap_class.logger.removeFilter(quiet)
+    exit_on_signals(tap)
+    return tap
 
 
 class _DropMessage(logging.Filter):
@@ -200,6 +202,7 @@ def sync(tap: TapOpenFunnel) -> None:
         tap: The tap.
     """
     install_reported_error_filter()
+    exit_on_signals(tap)  # an embedder's tap too, not only one from build()
     try:
         tap.settings  # noqa: B018 - check the settings before anything is sent
         plan = tap.make_plan()
@@ -267,18 +270,7 @@ def connection_test(tap: TapOpenFunnel) -> None:
     """
     try:
         settings = tap.settings
-        client = OpenFunnelClient(
-            api_url=settings.api_url,
-            api_key=settings.api_key,
-            timeout=min(settings.request_timeout, _TEST_TIMEOUT),
-            retry=RetryPolicy(
-                max_retries=min(settings.max_retries, _TEST_RETRIES),
-                max_wait=min(settings.max_retry_wait, _TEST_MAX_WAIT),
-                retry_unreachable=False,
-            ),
-            pool_size=1,
-        )
-        balance = client.get(BALANCE_PATH)
+        balance = JobAPI.connect(settings, check=True).balance()
     except OpenFunnelError as exc:
         fail(tap.logger, f"Connection test failed. {exc}")
     left = credit_amount(balance.get("credits_left"))
@@ -287,6 +279,27 @@ def connection_test(tap: TapOpenFunnel) -> None:
         settings.api_url,
         "an unknown number of" if left is None else credits_text(left),
     )
+
+
+def exit_on_signals(tap: TapOpenFunnel) -> None:
+    """Make SIGINT and SIGTERM end the tap through :func:`exit_on_signal`.
+
+    The SDK installs its own handlers when a tap is created (exit 0, which tells a
+    scheduler all went well); these replace them, so they are installed after the tap
+    exists. Only the main thread can install a handler: elsewhere (an embedder's worker
+    thread) the SDK's stay.
+
+    Args:
+        tap: The tap.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        exit_on_signal(tap, signum)
+
+    for signum in signals.HANDLED:
+        signal.signal(signum, handle)
 
 
 def exit_on_signal(tap: TapOpenFunnel, signum: int) -> t.NoReturn:
@@ -303,11 +316,8 @@ def exit_on_signal(tap: TapOpenFunnel, signum: int) -> t.NoReturn:
         signum: The signal received.
     """
     tap.logger.warning("Interrupted by signal %d; writing state and exiting non-zero.", signum)
-    run = tap.__dict__.get("_run")
-    if "checkpoint" in tap.__dict__:
-        tap.checkpoint.write()
-    else:
-        tap.state_writer.write_state(tap.state)
+    tap.checkpoint.write()
+    run = tap.current
     if run is not None and tap.settings.cancel_on_interrupt:
         cancelled = run.cancel_submitted()
         if cancelled:

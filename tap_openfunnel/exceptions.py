@@ -13,6 +13,10 @@ class ConfigurationError(OpenFunnelError):
     """The tap's settings are invalid; nothing was sent to the API."""
 
 
+class RunNotPreparedError(OpenFunnelError):
+    """A stream was asked for records before the run was planned and prepared."""
+
+
 class ApiError(OpenFunnelError):
     """The API answered with an error the tap does not retry.
 

@@ -50,7 +50,7 @@ def row_count_mismatch(snapshot: JobSnapshot, rows_total: int) -> str | None:
 
 def log_summary(
     stream_names: list[str],
-    runs: Iterable[JobProgress],
+    progress: Iterable[JobProgress],
     jobs: Iterable[TrackedJob],
     failures: Mapping[str, JobError],
 ) -> None:
@@ -58,20 +58,20 @@ def log_summary(
 
     Args:
         stream_names: The company streams of the run.
-        runs: What the run did with each job.
+        progress: What the run did with each job.
         jobs: The jobs waited on.
         failures: The jobs that could not be extracted.
     """
-    runs = list(runs)
+    done = list(progress)
     jobs = list(jobs)
     for stream_name in stream_names:
-        mine = [run for run in runs if run.stream_name == stream_name]
+        mine = [each for each in done if each.stream_name == stream_name]
         LOGGER.info(
             "Summary %s: %d job(s), %d page(s), %d record(s).",
             stream_name,
             len(mine),
-            sum(run.pages_read for run in mine),
-            sum(run.rows_read for run in mine),
+            sum(each.pages_read for each in mine),
+            sum(each.rows_read for each in mine),
         )
     consumed_total = 0.0
     unread = []

@@ -15,13 +15,12 @@ from tap_openfunnel.exceptions import (
     JobError,
     JobFailedError,
     OpenFunnelError,
-    RowCountMismatchError,
 )
 from tap_openfunnel.families import BY_TYPE, settings_text
 from tap_openfunnel.job_ids import job_id_problem
 from tap_openfunnel.jobs import JobPoller, JobSnapshot, JobStatus, JobType, TrackedJob
 from tap_openfunnel.logs import shown
-from tap_openfunnel.outcomes import log_summary, row_count_mismatch
+from tap_openfunnel.outcomes import log_summary
 from tap_openfunnel.planner import SUBMITTING, Action
 from tap_openfunnel.prefetch import RequestBudget
 from tap_openfunnel.submissions import UnconfirmedSubmitError
@@ -66,8 +65,9 @@ class Run:
     """One run's jobs, from the plan to their outcomes.
 
     :meth:`start` submits what the plan says to submit and starts waiting on every
-    job; each company stream then takes its jobs from :meth:`jobs_to_read`, waits for
-    each, and hands every page's end to the checkpoint. A problem with one job fails
+    job; the reader (:class:`~tap_openfunnel.reader.JobReader`) then takes each
+    stream's jobs from :meth:`jobs_to_read`, waits for each, and hands every page's end
+    to the checkpoint. A problem with one job fails
     that job; the others are still extracted and the run fails at the end.
 
     Args:
@@ -341,46 +341,6 @@ class Run:
         progress = self.progress[job_id]
         progress.pages_read += 1
         progress.rows_read += rows
-
-    def read_whole(self, snapshot: JobSnapshot, rows_total: int) -> None:
-        """End a walk that reached the last page: done, unless a check the user asked for fails.
-
-        A failed check leaves the job to be read again, whole, by the next run.
-
-        Args:
-            snapshot: The job's terminal snapshot.
-            rows_total: Rows read for the job, this run and earlier ones.
-        """
-        if self.check_row_count(snapshot, rows_total):
-            self.checkpoint.page_read(snapshot.job_id, next_cursor=None, rows_read=rows_total)
-        else:
-            self.checkpoint.read_again(snapshot.job_id)
-
-    def check_row_count(self, snapshot: JobSnapshot, rows_total: int) -> bool:
-        """Compare the rows read over all runs with the manifest's count.
-
-        Args:
-            snapshot: The job's terminal snapshot.
-            rows_total: Rows read for the job, this run and earlier ones.
-
-        Returns:
-            False when ``strict_row_count`` fails the job (it must not be marked done).
-        """
-        problem = row_count_mismatch(snapshot, rows_total)
-        if problem is None:
-            return True
-        if self.settings.strict_row_count:
-            self.fail(
-                RowCountMismatchError(
-                    snapshot.job_id,
-                    f"{problem} The job is not marked done: the next run reads it again "
-                    "from its first page (same ranks, so upserting targets keep one copy) "
-                    "and fails again until the counts agree or 'strict_row_count' is off.",
-                ),
-            )
-            return False
-        LOGGER.warning("%s", problem)
-        return True
 
     # Outcomes ---------------------------------------------------------------------
 

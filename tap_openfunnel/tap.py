@@ -9,19 +9,19 @@ from functools import cached_property
 
 from singer_sdk import Tap
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
+from singer_sdk.singerlib import StateMessage
 from singer_sdk.tap_base import CliTestOptionValue
 
 from tap_openfunnel import cli, cli_help
 from tap_openfunnel.api import JobAPI
-from tap_openfunnel.bounds import MIB
 from tap_openfunnel.checkpoint import Checkpoint
-from tap_openfunnel.client import OpenFunnelClient
+from tap_openfunnel.exceptions import RunNotPreparedError
 from tap_openfunnel.families import FAMILIES
 from tap_openfunnel.journal import Journal
 from tap_openfunnel.logs import install_secret_filter
 from tap_openfunnel.planner import Planner
 from tap_openfunnel.quiet import drop_sdk_noise, metrics_on_debug
-from tap_openfunnel.retries import RetryPolicy
+from tap_openfunnel.reader import JobReader
 from tap_openfunnel.run import Run
 from tap_openfunnel.settings import CONFIG_SCHEMA, Settings, check_known_settings
 from tap_openfunnel.streams import (
@@ -29,7 +29,7 @@ from tap_openfunnel.streams import (
     CreditsBalanceStream,
     JobsStream,
 )
-from tap_openfunnel.writer import BlockWriter, EncodedStateWriter
+from tap_openfunnel.writer import BlockWriter
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -37,8 +37,6 @@ else:
     from typing_extensions import override
 
 if t.TYPE_CHECKING:
-    from types import FrameType
-
     import click
     from singer_sdk import Stream
 
@@ -67,10 +65,8 @@ class TapOpenFunnel(Tap):
         PluginCapabilities.STRUCTURED_LOGGING,
     ]
 
-    _run: Run | None = None
-
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:  # noqa: ANN401 - the SDK's
-        """Build the tap as the SDK does, with a STATE writer that scales with state.
+        """Build the tap as the SDK does, with no run prepared yet.
 
         Without the SDK's noise: its "Skipping parse of env var settings..." line, and
         its METRIC lines below the DEBUG level.
@@ -79,13 +75,22 @@ class TapOpenFunnel(Tap):
             *args: The SDK's positional arguments.
             **kwargs: The SDK's keyword arguments.
         """
+        # The run this invocation carries out, once prepared (:meth:`prepare`).
+        self.current: Run | None = None
         drop_sdk_noise(self.logger)
         super().__init__(*args, **kwargs)
         metrics_on_debug(self.logger)  # after the SDK set the metrics logger's level
-        # The SDK's own attribute, which its sync loop uses directly (not only through
-        # the state_writer property); tests check that STATE goes through this one.
-        self._encoded_state = EncodedStateWriter(self.message_writer)
-        self._state_writer = self._encoded_state
+        writer = self.message_writer
+        # The single writer of every job's state partition. Its STATE lines go straight
+        # to the message writer, which leaves out a line equal to the last one.
+        self.checkpoint = Checkpoint(
+            lambda stream_name, job_id: self.streams[stream_name].get_context_state(
+                {"job_id": job_id},
+            ),
+            lambda: writer.write_message(StateMessage(value=self.state)),
+            hold_until_promoted=bool(self.config.get("batch_config")),
+            due=writer.state_due if isinstance(writer, BlockWriter) else None,
+        )
 
     @cached_property
     def settings(self) -> Settings:
@@ -98,28 +103,7 @@ class TapOpenFunnel(Tap):
     @cached_property
     def api(self) -> JobAPI:
         """The job API every stream shares."""
-        settings = self.settings
-        client = OpenFunnelClient(
-            api_url=settings.api_url,
-            api_key=settings.api_key,
-            timeout=settings.request_timeout,
-            max_bytes=settings.max_response_mib * MIB,
-            retry=RetryPolicy(max_retries=settings.max_retries, max_wait=settings.max_retry_wait),
-            pool_size=settings.page_concurrency + 2,
-        )
-        return JobAPI(client)
-
-    @cached_property
-    def checkpoint(self) -> Checkpoint:
-        """The single writer of every job's state partition."""
-        return Checkpoint(
-            lambda stream_name, job_id: self.streams[stream_name].get_context_state(
-                {"job_id": job_id},
-            ),
-            lambda: self.state_writer.write_state(self.state),
-            hold_until_promoted=bool(self.config.get("batch_config")),
-            due=self._encoded_state.due,
-        )
+        return JobAPI.connect(self.settings)
 
     @cached_property
     def journal(self) -> Journal | None:
@@ -176,9 +160,9 @@ class TapOpenFunnel(Tap):
             may_submit: False to leave the plan's submits out (a connection check).
 
         Returns:
-            The run the streams read their jobs from.
+            The run the streams read their jobs from (also :attr:`current`).
         """
-        self._run = Run(
+        self.current = Run(
             plan,
             self.api,
             self.checkpoint,
@@ -186,16 +170,36 @@ class TapOpenFunnel(Tap):
             may_submit=may_submit,
             journal=self.journal,
         )
-        return self._run
+        return self.current
 
-    @property
-    def run(self) -> Run:
-        """The run, prepared by the CLI before the sync (or here, for embedders)."""
-        if self._run is None:
-            # The CLI plans explicitly; code that calls sync_all() itself (the SDK's
-            # test suite) gets the same plan on first use.
-            return self.prepare(self.make_plan())
-        return self._run
+    def plan_run(self) -> Run:
+        """Plan and prepare the run in one call, for code that calls ``sync_all()`` itself.
+
+        The command line plans before the sync (and stops there on ``dry_run``); an
+        embedder, or the SDK's test suite, calls this once before syncing instead.
+
+        Returns:
+            The prepared run.
+        """
+        return self.prepare(self.make_plan())
+
+    def reader(self) -> JobReader:
+        """The reader of the prepared run's jobs, which the company and jobs streams ask.
+
+        Returns:
+            The reader.
+
+        Raises:
+            RunNotPreparedError: No run was prepared: nothing says which jobs to read.
+        """
+        if self.current is None:
+            msg = (
+                "The tap has no prepared run, so its streams do not know which jobs to "
+                "read. Call tap.plan_run() (or tap.prepare(tap.make_plan())) before "
+                "sync_all(); the tap-openfunnel command does this itself."
+            )
+            raise RunNotPreparedError(msg)
+        return JobReader(self.current)
 
     @override
     def discover_streams(self) -> list[Stream]:
@@ -219,7 +223,9 @@ class TapOpenFunnel(Tap):
         # Tap.invoke, plus what a run owes its scheduler: jobs that could not be
         # extracted fail the run *after* the others were delivered, and user-facing
         # errors end in one paragraph instead of a traceback.
-        super(Tap, cls).invoke(about=about, about_format=about_format)
+        if about:
+            cls.print_about(about_format)
+            sys.exit(0)
         cls.print_version(print_fn=cls.logger.info)
         cli.sync(cli.build(cls, config, state=state, catalog=catalog))
 
@@ -263,7 +269,3 @@ class TapOpenFunnel(Tap):
                 f"Could not read the config given with --config ({exc}). Pass a readable "
                 "JSON file, or ENV to take settings from TAP_OPENFUNNEL_* variables.",
             )
-
-    @override
-    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
-        cli.exit_on_signal(self, signum)

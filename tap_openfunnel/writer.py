@@ -12,7 +12,6 @@ import weakref
 
 from singer_sdk import Stream
 from singer_sdk.contrib.msgspec import MsgSpecWriter, serialize_jsonl
-from singer_sdk.helpers._state import StateWriter
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib import RecordMessage, StateMessage
@@ -29,7 +28,7 @@ else:
     from typing_extensions import override
 
 if t.TYPE_CHECKING:
-    from collections.abc import Generator
+    from collections.abc import Generator, Iterable
 
     from singer_sdk.helpers.types import Context
     from singer_sdk.mapper import StreamMap
@@ -53,13 +52,23 @@ class BlockWriter(MsgSpecWriter):
     the records it covers, and a run that dies leaves unwritten at most records after
     the last STATE, which a resume from that STATE reads again. Exit (:func:`flush_all`)
     writes the rest; the tap's signal exit writes a STATE, which does too.
+
+    A STATE equal to the last one written is left out, as the SDK's state writer does;
+    but told by its encoded line, not by a deep copy of every state written. The tap
+    writes a STATE after a page, and the state holds a partition for every job ever read
+    (docs/state.md): with 1,000 of them the SDK's copies (and ``asdict``, see
+    :meth:`serialize_message`) took most of a 50,000-row run. The line is made in C, and
+    comparing two is one ``memcmp``. A state that differs only in key order or in ``1``
+    against ``1.0`` counts as changed here: at worst a STATE line the SDK would have
+    left out, never one missed.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._block = bytearray()
-        # RECORD bytes written since the last STATE line (see EncodedStateWriter.due).
+        # RECORD bytes written since the last STATE line (see state_due).
         self.since_state = 0
+        self._last_state: bytes | None = None
         _LIVE.add(self)
 
     @override
@@ -86,14 +95,32 @@ class BlockWriter(MsgSpecWriter):
         self.flush()
 
     def write_state_line(self, line: bytes | bytearray) -> None:
-        """Write a STATE line already encoded (:class:`EncodedStateWriter` makes it).
+        """Write an encoded STATE line, unless it is the last one written again.
 
         Args:
-            line: The line, newline included.
+            line: The line, newline included (copied: it may be the encoder's buffer).
         """
-        self._block += line
+        encoded = bytes(line)
+        if encoded == self._last_state:
+            return
+        self._last_state = encoded
+        self._block += encoded
         self.since_state = 0
         self.flush()
+
+    def state_due(self) -> bool:
+        """Whether a STATE line after this page is worth its size.
+
+        True once the RECORD lines written since the last STATE line are at least as
+        long as it was: STATE then never takes more than half of the output. A small
+        state (under a page of records: a few hundred jobs remembered, at 100 rows a
+        page) is written after every page, as always; a state that has grown is written
+        every few pages, and a resume from it reads those few pages again (docs/state.md).
+
+        Returns:
+            True if the caller should write the state now.
+        """
+        return self._last_state is None or self.since_state >= len(self._last_state)
 
     def flush(self) -> None:
         """Write out the pending lines and flush stdout.
@@ -139,53 +166,6 @@ def state_line(state: t.Mapping[str, t.Any]) -> bytearray:
         to a block) before the next line is made.
     """
     return serialize_jsonl({"type": SingerMessageType.STATE, "value": state})
-
-
-class EncodedStateWriter(StateWriter):
-    """The SDK's STATE writer, telling a changed state by its encoding, not a deep copy.
-
-    The SDK writes a STATE only when the state differs from the last one written, and
-    keeps a ``copy.deepcopy`` of every state it writes to compare with. The tap writes
-    a STATE after a page, and the state holds a partition for every job ever read
-    (docs/state.md): with 1,000 of them the copies (and ``asdict``, see
-    :meth:`BlockWriter.serialize_message`) took 12 of the 13 s of a 50,000-row run.
-    The encoded line is made in C, and comparing two of them is one ``memcmp``. A
-    state that differs only in key order or in ``1`` against ``1.0`` counts as changed
-    here: at worst a STATE line the SDK would have left out, never one missed.
-    """
-
-    def __init__(self, message_writer: t.Any) -> None:  # noqa: ANN401 - the SDK's writer
-        super().__init__(message_writer)
-        self._last_line: bytes | None = None
-
-    def due(self) -> bool:
-        """Whether a STATE line after this page is worth its size.
-
-        True once the RECORD lines written since the last STATE line are at least as
-        long as it was: STATE then never takes more than half of the output. A small
-        state (under a page of records: a few hundred jobs remembered, at 100 rows a
-        page) is written after every page, as always; a state that has grown is written
-        every few pages, and a resume from it reads those few pages again (docs/state.md).
-
-        Returns:
-            True if the caller should write the state now.
-        """
-        if self._last_line is None:
-            return True
-        since = getattr(self._message_writer, "since_state", None)
-        return since is None or since >= len(self._last_line)
-
-    @override
-    def write_state(self, state: t.Mapping[str, t.Any]) -> None:
-        line = bytes(state_line(state))
-        if line != self._last_line:
-            # The line just made to compare is the one to write: not encoded twice.
-            write_line = getattr(self._message_writer, "write_state_line", None)
-            if write_line is not None:
-                write_line(line)
-            else:
-                self._message_writer.write_message(StateMessage(value=state))
-            self._last_line = line
 
 
 def widen_pipe(fd: int = 1) -> int | None:
@@ -246,11 +226,14 @@ class SelectedRecordMessages(Stream):
     messages as ``Stream._generate_record_messages`` does. Any deselected property, or
     a type conformance level other than NONE, takes the SDK's own path unchanged.
 
-    The same holds for two more steps: a stream map that is the SDK's identity
-    (``SameRecordTransform``, no flattening) returns the record it is given, so it is
-    not called; and with no child streams and no partition context the SDK's
-    ``_process_record`` has nothing to add to a record or sync. What can be decided per
-    stream is decided once, on its first record.
+    The same holds for a stream map that is the SDK's identity (``SameRecordTransform``,
+    no flattening): it returns the record it is given, so it is not called. What can be
+    decided per stream is decided once, on its first record. With no child streams, the
+    public ``generate_child_contexts`` makes no child context (the SDK's default makes
+    one per record, and a shallow copy of the record).
+
+    ``_generate_record_messages`` is the one private SDK method the tap replaces
+    (pinned by tests/test_output.py); docs/how-it-works.md says what it saves.
     """
 
     _plain_path: bool | None = None
@@ -272,14 +255,14 @@ class SelectedRecordMessages(Stream):
         return self._plain_path
 
     @override
-    def _process_record(
-        self,
-        record: dict[str, t.Any],
-        child_context: Context | None = None,
-        partition_context: Context | None = None,
-    ) -> None:
-        if self.child_streams or partition_context:
-            super()._process_record(record, child_context, partition_context)
+    def generate_child_contexts(
+        self, record: dict[str, t.Any], context: Context | None
+    ) -> Iterable[Context | None]:
+        # With no child stream there is no child context to make: the SDK's default
+        # makes one per record and copies the record for children that do not exist.
+        if not self.child_streams:
+            return ()
+        return super().generate_child_contexts(record, context)
 
     @override
     def _generate_record_messages(

@@ -26,7 +26,6 @@ from tap_openfunnel.writer import (
     BLOCK_SIZE,
     PIPE_SIZE,
     BlockWriter,
-    EncodedStateWriter,
     SelectedRecordMessages,
     state_line,
     widen_pipe,
@@ -136,6 +135,7 @@ def test_a_dry_run_hands_out_its_records_at_once(server):
     """The SDK's connection test stops after a record without a closing STATE."""
     job = server.add_job(JobSpec(kind="tam", rows=230))
     tap = TapOpenFunnel(config=base_config(server, tam_job_ids=[job]))
+    tap.plan_run()
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
         tap.run_connection_test()
@@ -254,44 +254,41 @@ def test_a_state_line_is_byte_for_byte_the_sdks(value):
     assert bytes(state_line(value)) == expected
 
 
-class ListWriter:
-    def __init__(self) -> None:
-        self.lines: list[dict] = []
-
-    def write_message(self, message) -> None:
-        self.lines.append(json.loads(bytes(BlockWriter().format_message(message))))
-
-
-def test_a_state_is_written_again_only_when_it_changed():
-    sink = ListWriter()
-    writer = EncodedStateWriter(sink)
+def test_a_state_is_written_again_only_when_it_changed(tmp_path):
+    writer = BlockWriter()
     partition = {"context": {"job_id": "a"}, "next_cursor": "page_0001", "rows_read": 100}
     state = {"bookmarks": {"tam_companies": {"partitions": [partition]}}}
-    writer.write_state(state)
-    writer.write_state(state)  # unchanged: not written again
-    assert len(sink.lines) == 1
-    # The SDK changes state in place: a change deep inside must still be seen.
-    partition["next_cursor"] = "page_0002"
-    writer.write_state(state)
-    partition["rows_read"] = 200
-    writer.write_state(state)
-    writer.write_state(state)
-    assert [
-        line["value"]["bookmarks"]["tam_companies"]["partitions"][0] for line in sink.lines
-    ] == [
+    with file_stdout(tmp_path) as written:
+        writer.write_message(StateMessage(value=state))
+        writer.write_message(StateMessage(value=state))  # unchanged: not written again
+        # The SDK changes state in place: a change deep inside must still be seen.
+        partition["next_cursor"] = "page_0002"
+        writer.write_message(StateMessage(value=state))
+        partition["rows_read"] = 200
+        writer.write_message(StateMessage(value=state))
+        writer.write_message(StateMessage(value=state))
+        lines = [json.loads(line) for line in written().splitlines()]
+    assert [line["value"]["bookmarks"]["tam_companies"]["partitions"][0] for line in lines] == [
         {"context": {"job_id": "a"}, "next_cursor": "page_0001", "rows_read": 100},
         {"context": {"job_id": "a"}, "next_cursor": "page_0002", "rows_read": 100},
         {"context": {"job_id": "a"}, "next_cursor": "page_0002", "rows_read": 200},
     ]
 
 
-def test_the_tap_writes_state_through_the_encoded_writer(server):
-    """The SDK's sync loop uses its private ``_state_writer``, not only the property: both
-    must be the tap's writer, or an SDK upgrade has moved it."""
-    tap = TapOpenFunnel(config=base_config(server))
-    assert isinstance(tap.state_writer, EncodedStateWriter)
-    assert tap._state_writer is tap.state_writer
-    assert tap.state_writer._message_writer is tap.message_writer
+def test_the_checkpoint_and_the_sdk_write_state_through_one_deduplicating_writer(server, tmp_path):
+    """The tap leaves the SDK's state writer as it is: the checkpoint's STATE lines and
+    the SDK's own both go through the tap's message writer, which tells an unchanged
+    state from its encoded line, whoever wrote the last one."""
+    partition = {"context": {"job_id": "a"}, "rows_read": 1, "done": True}
+    state = {"bookmarks": {"tam_companies": {"partitions": [partition]}}}
+    tap = TapOpenFunnel(config=base_config(server), state=state)
+    assert isinstance(tap.message_writer, BlockWriter)
+    with file_stdout(tmp_path) as written:
+        tap.checkpoint.write()
+        tap.state_writer.write_state(tap.state)  # the SDK's route, the same state
+        tap.checkpoint.write()
+        lines = written().splitlines()
+    assert [json.loads(line) for line in lines] == [{"type": "STATE", "value": tap.state}]
 
 
 def test_records_are_built_by_the_taps_own_message_builder(server, monkeypatch, capsys):
@@ -320,23 +317,22 @@ def test_records_are_built_by_the_taps_own_message_builder(server, monkeypatch, 
 
 def test_a_state_line_is_due_once_records_since_the_last_outweigh_it(tmp_path):
     writer = BlockWriter()
-    states = EncodedStateWriter(writer)
-    assert states.due()  # nothing written yet
+    assert writer.state_due()  # nothing written yet
     big = {"bookmarks": {"s": {"partitions": [{"context": {"job_id": "x" * 2000}}]}}}
     with file_stdout(tmp_path):
-        states.write_state(big)
-        assert not states.due()
+        writer.write_message(StateMessage(value=big))
+        assert not writer.state_due()
         line = len(writer.format_message(record(0)))
         for n in range(2000 // line):
             writer.write_message(record(n))
-        assert not states.due()
+        assert not writer.state_due()
         for n in range(3):
             writer.write_message(record(n))
-        assert states.due()
-        states.write_state({"bookmarks": {}})
-        assert not states.due()
+        assert writer.state_due()
+        writer.write_message(StateMessage(value={"bookmarks": {}}))
+        assert not writer.state_due()
         writer.write_message(record(0, "y" * 100))  # outweighs the small state at once
-        assert states.due()
+        assert writer.state_due()
 
 
 def test_a_grown_state_is_written_every_few_pages_and_never_ahead(server, run_tap):
@@ -406,13 +402,12 @@ def test_a_grown_state_is_written_every_few_pages_and_never_ahead(server, run_ta
 
 def test_the_encoded_writer_writes_the_sdks_state_line_once_after_its_records(tmp_path):
     writer = BlockWriter()
-    states = EncodedStateWriter(writer)
     value = {"bookmarks": {"s": {"partitions": [{"context": {"job_id": "é"}, "rows_read": 1}]}}}
     sdk = MsgSpecWriter()
     with file_stdout(tmp_path) as written:
         writer.write_message(record(1))
-        states.write_state(value)
-        states.write_state(value)
+        writer.write_message(StateMessage(value=value))
+        writer.write_message(StateMessage(value=value))
         out = written()
     expected = bytes(sdk.format_message(record(1))) + bytes(
         sdk.format_message(StateMessage(value=value))
@@ -421,19 +416,19 @@ def test_the_encoded_writer_writes_the_sdks_state_line_once_after_its_records(tm
     assert writer.since_state == 0
 
 
-def test_process_record_is_still_the_sdks_per_record_hook(server, monkeypatch, capsys):
-    """SelectedRecordMessages skips the SDK's ``_process_record`` when it has nothing to
-    do; were the SDK to stop calling it by that name, this notices."""
+def test_child_contexts_are_still_asked_through_the_public_hook(server, monkeypatch, capsys):
+    """SelectedRecordMessages spares the SDK's per-record child context through the
+    public ``generate_child_contexts``; were the SDK to stop asking it, this notices."""
     job = server.add_job(JobSpec(kind="tam", rows=3))
     seen: list[int] = []
-    original = SelectedRecordMessages._process_record
+    original = SelectedRecordMessages.generate_child_contexts
 
-    def counting(self, record, child_context=None, partition_context=None):
+    def counting(self, record, context):
         if "rank" in record:
             seen.append(record["rank"])
-        return original(self, record, child_context, partition_context)
+        return original(self, record, context)
 
-    monkeypatch.setattr(SelectedRecordMessages, "_process_record", counting)
+    monkeypatch.setattr(SelectedRecordMessages, "generate_child_contexts", counting)
     cli.sync(TapOpenFunnel(config=base_config(server, tam_job_ids=[job])))
     assert seen == [1, 2, 3]
     capsys.readouterr()

@@ -31,6 +31,18 @@ CONFIG = {
 }
 
 
+class PlannedTap(TapOpenFunnel):
+    """The tap as an embedder builds it: planned by one explicit call before any sync.
+
+    The suite creates a tap for each check and calls its (final) ``sync_all()`` itself,
+    so the plan is made when the tap is created; the command line plans on its own.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.plan_run()
+
+
 def catalog_selecting_every_stream() -> dict:
     """Discovery's catalog with credits_balance (not selected by default) selected too."""
     catalog = TapOpenFunnel(config=CONFIG).catalog_dict
@@ -42,7 +54,7 @@ def catalog_selecting_every_stream() -> dict:
 
 
 TestTapOpenFunnel = get_tap_test_class(
-    TapOpenFunnel,
+    PlannedTap,
     config=CONFIG,
     catalog=catalog_selecting_every_stream(),
     suite_config=SuiteConfig(max_records_limit=1000),
