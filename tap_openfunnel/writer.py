@@ -12,10 +12,11 @@ import weakref
 
 from singer_sdk import Stream
 from singer_sdk.contrib.msgspec import MsgSpecWriter, serialize_jsonl
+from singer_sdk.contrib.msgspec import encoder as sdk_encoder
 from singer_sdk.helpers._state import StateWriter
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import SameRecordTransform
-from singer_sdk.singerlib import RecordMessage, StateMessage
+from singer_sdk.singerlib import StateMessage
 from singer_sdk.singerlib.encoding.base import SingerMessageType
 
 from tap_openfunnel import signals
@@ -29,8 +30,6 @@ else:
     from typing_extensions import override
 
 if t.TYPE_CHECKING:
-    from collections.abc import Generator
-
     from singer_sdk.helpers.types import Context
     from singer_sdk.mapper import StreamMap
     from singer_sdk.singerlib.encoding.simple import Message
@@ -84,6 +83,45 @@ class BlockWriter(MsgSpecWriter):
                 self.flush()
             return
         self.flush()
+
+    def write_record(
+        self,
+        stream: str,
+        record: t.Mapping[str, t.Any],
+        version: int | None,
+        time_extracted: dt.datetime,
+    ) -> None:
+        """Add the RECORD line the SDK's writer would write, encoded straight into the block.
+
+        The same bytes as ``RecordMessage(...)`` through :meth:`write_message` (the
+        SDK's ``to_dict`` and encoder), without the message object, its dictionary or
+        the copy of the line from the SDK's shared buffer.
+
+        Args:
+            stream: The stream (its alias).
+            record: The record.
+            version: The stream version, if any.
+            time_extracted: When the record was read, an aware UTC datetime.
+
+        Raises:
+            TypeError: A value the SDK's encoder cannot encode either; nothing of its
+                line is left in the block.
+        """
+        message: dict[str, t.Any] = {"type": "RECORD", "stream": stream, "record": record}
+        if version is not None:
+            message["version"] = version
+        message["time_extracted"] = time_extracted
+        block = self._block
+        start = len(block)
+        try:
+            sdk_encoder.encode_into(message, block, -1)
+        except BaseException:
+            del block[start:]  # msgspec leaves what it had written
+            raise
+        block.append(0x0A)  # the newline
+        self.since_state += len(block) - start
+        if len(block) >= BLOCK_SIZE:
+            self.flush()
 
     def write_state_line(self, line: bytes | bytearray) -> None:
         """Write a STATE line already encoded (:class:`EncodedStateWriter` makes it).
@@ -219,6 +257,15 @@ def widen_pipe(fd: int = 1) -> int | None:
         return None
 
 
+def utc_now() -> dt.datetime:
+    """The current time, aware, in UTC: what a RECORD's ``time_extracted`` holds.
+
+    Returns:
+        The time.
+    """
+    return dt.datetime.now(dt.timezone.utc)
+
+
 # Weak references: an embedding process may create many taps.
 _LIVE: weakref.WeakSet[BlockWriter] = weakref.WeakSet()
 
@@ -237,26 +284,36 @@ atexit.register(flush_all)
 
 
 class SelectedRecordMessages(Stream):
-    """Builds RECORD messages without per-record work that cannot change a record.
+    """Writes RECORD lines without per-record work that cannot change a record.
 
-    The SDK walks each property of each record against the catalog's selection mask
+    The SDK builds a ``RecordMessage`` per record and passes it through four layers to
+    the writer, after walking each property against the catalog's selection mask
     (``pop_deselected_record_properties``: a copy of the record and a tuple per
-    property, about 6 us a record, a quarter of the tap's CPU per record). When the
-    mask selects everything, nothing can be popped: this skips the walk and builds the
-    messages as ``Stream._generate_record_messages`` does. Any deselected property, or
-    a type conformance level other than NONE, takes the SDK's own path unchanged.
+    property). When the mask selects everything and the type conformance level is NONE,
+    nothing can be popped or changed: this encodes the line the SDK would write straight
+    into the block writer (:meth:`BlockWriter.write_record`). Any deselected property,
+    another conformance level, or a message writer that is not a :class:`BlockWriter`
+    takes the SDK's own path unchanged.
 
     The same holds for two more steps: a stream map that is the SDK's identity
     (``SameRecordTransform``, no flattening) returns the record it is given, so it is
     not called; and with no child streams and no partition context the SDK's
     ``_process_record`` has nothing to add to a record or sync. What can be decided per
     stream is decided once, on its first record.
+
+    ``time_extracted`` is read from the clock once per page: the records of one API
+    answer were observed together. A record that names its page (``page``) by the same
+    object as the record before shares that record's time; any other gets a fresh one.
     """
 
-    _plain_path: bool | None = None
+    _decided = False
     _maps: tuple[tuple[str, StreamMap | None], ...] = ()
+    # The writer of the fast path; None: the SDK's own path.
+    _record_writer: BlockWriter | None = None
+    _extracted_page: object = None
+    _extracted_at: dt.datetime | None = None
 
-    def _decide_paths(self) -> bool:
+    def _decide_paths(self) -> None:
         self._maps = tuple(
             (
                 stream_map.stream_alias,
@@ -266,10 +323,10 @@ class SelectedRecordMessages(Stream):
             )
             for stream_map in self.stream_maps
         )
-        self._plain_path = self.TYPE_CONFORMANCE_LEVEL is TypeConformanceLevel.NONE and all(
-            self.mask.values()
-        )
-        return self._plain_path
+        writer = self._tap.message_writer
+        plain = self.TYPE_CONFORMANCE_LEVEL is TypeConformanceLevel.NONE and all(self.mask.values())
+        self._record_writer = writer if plain and isinstance(writer, BlockWriter) else None
+        self._decided = True
 
     @override
     def _process_record(
@@ -281,28 +338,33 @@ class SelectedRecordMessages(Stream):
         if self.child_streams or partition_context:
             super()._process_record(record, child_context, partition_context)
 
+    def _time_extracted(self, record: dict[str, t.Any]) -> dt.datetime:
+        """The record's ``time_extracted``: its page's, read once per page."""
+        page = record.get("page")
+        stamp = self._extracted_at
+        if stamp is None or page is None or page is not self._extracted_page:
+            stamp = self._extracted_at = utc_now()
+            self._extracted_page = page
+        return stamp
+
     @override
-    def _generate_record_messages(
-        self, record: dict[str, t.Any]
-    ) -> Generator[RecordMessage, None, None]:
-        plain = self._plain_path
-        if plain is None:
-            plain = self._decide_paths()
-        if not plain:
-            yield from super()._generate_record_messages(record)
+    def _write_record_message(self, record: dict[str, t.Any]) -> None:
+        if not self._decided:
+            self._decide_paths()
+        writer = self._record_writer
+        if writer is None:
+            super()._write_record_message(record)
         else:
+            time_extracted = self._time_extracted(record)
+            version = self._stream_version
             for alias, stream_map in self._maps:
                 mapped = record if stream_map is None else stream_map.transform(record)
                 if mapped is not None:
-                    yield RecordMessage(
-                        stream=alias,
-                        record=mapped,
-                        version=self._stream_version,
-                        time_extracted=dt.datetime.now(dt.timezone.utc),
-                    )
+                    writer.write_record(alias, mapped, version, time_extracted)
+            self.state_manager.is_flushed = False
         if self.ABORT_AT_RECORD_COUNT is not None:
             # A dry run (the SDK's connection test) stops after a few records without
             # a closing STATE: hand each record out at once instead of at exit.
-            writer = self._tap.message_writer
-            if isinstance(writer, BlockWriter):
-                writer.flush()
+            sink = self._tap.message_writer
+            if isinstance(sink, BlockWriter):
+                sink.flush()
