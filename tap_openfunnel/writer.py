@@ -338,15 +338,6 @@ class SelectedRecordMessages(Stream):
         if self.child_streams or partition_context:
             super()._process_record(record, child_context, partition_context)
 
-    def _time_extracted(self, record: dict[str, t.Any]) -> dt.datetime:
-        """The record's ``time_extracted``: its page's, read once per page."""
-        page = record.get("page")
-        stamp = self._extracted_at
-        if stamp is None or page is None or page is not self._extracted_page:
-            stamp = self._extracted_at = utc_now()
-            self._extracted_page = page
-        return stamp
-
     @override
     def _write_record_message(self, record: dict[str, t.Any]) -> None:
         if not self._decided:
@@ -355,7 +346,12 @@ class SelectedRecordMessages(Stream):
         if writer is None:
             super()._write_record_message(record)
         else:
-            time_extracted = self._time_extracted(record)
+            page = record.get("page")
+            time_extracted = self._extracted_at
+            if time_extracted is None or page is None or page is not self._extracted_page:
+                # Once per page: see the class docstring.
+                time_extracted = self._extracted_at = utc_now()
+                self._extracted_page = page
             version = self._stream_version
             for alias, stream_map in self._maps:
                 mapped = record if stream_map is None else stream_map.transform(record)
