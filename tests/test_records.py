@@ -7,9 +7,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tap_openfunnel.decoding import decode_page_fields
 from tap_openfunnel.records import INT64_MAX, INT64_MIN, RowShaper
+from tap_openfunnel.values import kind_of
 
 SCHEMAS = {
     path.stem: json.loads(path.read_text(encoding="utf-8"))
@@ -167,12 +170,14 @@ PAGES = [
 ]
 
 
-def shaped(schema: dict, rows: list, *, as_sent: bool) -> tuple:
+def shaped(schema: dict, rows: list, *, as_sent: bool, text_checked: bool = True) -> tuple:
     """Records (items in order) and every counter, with or without the as-sent path."""
     shaper = RowShaper(schema)
     if not as_sent:
         shaper.taken_as_sent = lambda _: False  # type: ignore[method-assign]
-    records = shaper.records(rows, job_id="j", page="page_0003", first_rank=201, text_checked=True)
+    records = shaper.records(
+        rows, job_id="j", page="page_0003", first_rank=201, text_checked=text_checked
+    )
     items = [list(record.items()) for record in records]
     return items, shaper.nulled, shaper.unknown_fields, shaper.dropped_kept
 
@@ -245,3 +250,46 @@ def test_numbers_and_booleans_taken_as_sent_are_what_coercion_keeps(kind, value,
     rows = [{"v": value}]
     assert RowShaper(schema).taken_as_sent(rows) is as_sent
     assert shaped(schema, rows, as_sent=True) == shaped(schema, rows, as_sent=False)
+
+
+TEXT = st.text(max_size=6) | st.sampled_from(["Acme", "Zürich", "🚀", "a\x00b", "\ud800"])
+ODD = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+# Mostly values of the schema type (so whole pages take the as-sent path), sometimes not.
+AS_TYPED = {
+    "string": TEXT,
+    "integer": st.sampled_from([0, 7, INT64_MAX, INT64_MIN, INT64_MAX + 1, INT64_MIN - 1])
+    | st.integers(INT64_MIN - 2, INT64_MAX + 2),
+    "array": st.lists(TEXT, max_size=3),
+}
+TAM_ROW = st.fixed_dictionaries(
+    {},
+    optional={
+        **{
+            name: st.one_of(
+                AS_TYPED[kind_of(prop)], AS_TYPED[kind_of(prop)], AS_TYPED[kind_of(prop)], ODD
+            )
+            for name, prop in SCHEMAS["tam_companies"]["properties"].items()
+            if name not in {"job_id", "page", "rank", "_extra"}
+        },
+        "founded": ODD,
+        "rank": ODD,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(TAM_ROW | st.just({}), max_size=5), st.booleans())
+def test_any_decoded_page_gives_the_same_records_through_either_path(rows, keep):
+    """Whatever a page holds, after the real decoder, both paths agree."""
+    raw = json.dumps({"rows": rows}).encode()
+    fields = decode_page_fields(raw)
+    decoded_rows = [row for row in fields.body["rows"] if isinstance(row, dict)]
+    schema = schema_of("tam_companies", keep=keep)
+    checked = fields.text_checked
+    assert shaped(schema, decoded_rows, as_sent=True, text_checked=checked) == shaped(
+        schema, decoded_rows, as_sent=False, text_checked=checked
+    )
