@@ -154,9 +154,13 @@ def rows_as_sent_type(kinds: Mapping[str, str]) -> t.Any:  # noqa: ANN401 - a ms
     """
     if not kinds or any(kind not in _AS_SENT for kind in kinds.values()):
         return None
+    # Attributes of their own, each renamed to its field: a field name need not be a
+    # Python identifier.
+    slots = {f"field_{index}": name for index, name in enumerate(kinds)}
     row = msgspec.defstruct(
         "RowAsSent",
-        [(name, _AS_SENT[kind] | None, None) for name, kind in kinds.items()],
+        [(slot, _AS_SENT[kinds[name]] | None, None) for slot, name in slots.items()],
+        rename=slots,
         forbid_unknown_fields=True,
     )
     return list[row]  # type: ignore[valid-type]

@@ -224,6 +224,17 @@ def test_lookalike_rows_take_the_as_sent_path_by_their_own_schema(row, as_sent):
     assert shaped(schema, rows, as_sent=True) == shaped(schema, rows, as_sent=False)
 
 
+def test_field_names_that_are_no_python_names_take_the_as_sent_path_too():
+    properties = {name: {"type": ["string", "null"]} for name in ("hq-city", "class", "field_0")}
+    shaper = RowShaper({"properties": properties})
+    rows = [{"hq-city": "Oslo", "class": "B", "field_0": "x"}, {"hq-city": None}]
+    assert shaper.taken_as_sent(rows)
+    assert not shaper.taken_as_sent([{"field_1": "x"}])
+    assert shaped({"properties": properties}, rows, as_sent=True) == shaped(
+        {"properties": properties}, rows, as_sent=False
+    )
+
+
 def test_a_schema_type_without_an_as_sent_check_always_goes_value_by_value():
     properties = {"job_id": {"type": "string"}, "name": {"type": ["string", "null"]}}
     typed = RowShaper({"properties": properties})
