@@ -59,6 +59,8 @@ class BlockWriter(MsgSpecWriter):
         self._block = bytearray()
         # RECORD bytes written since the last STATE line (see EncodedStateWriter.due).
         self.since_state = 0
+        # What surrounds the record in the last RECORD line (see _record_frame).
+        self._frame: _Frame | None = None
         _LIVE.add(self)
 
     @override
@@ -107,18 +109,23 @@ class BlockWriter(MsgSpecWriter):
             TypeError: A value the SDK's encoder cannot encode either; nothing of its
                 line is left in the block.
         """
-        message: dict[str, t.Any] = {"type": "RECORD", "stream": stream, "record": record}
-        if version is not None:
-            message["version"] = version
-        message["time_extracted"] = time_extracted
+        frame = self._frame
+        if (
+            frame is None
+            or frame[0] is not stream
+            or frame[1] != version
+            or frame[2] is not time_extracted
+        ):
+            frame = self._frame = _record_frame(stream, version, time_extracted)
         block = self._block
         start = len(block)
+        block += frame[3]
         try:
-            sdk_encoder.encode_into(message, block, -1)
+            sdk_encoder.encode_into(record, block, -1)
         except BaseException:
             del block[start:]  # msgspec leaves what it had written
             raise
-        block.append(0x0A)  # the newline
+        block += frame[4]
         self.since_state += len(block) - start
         if len(block) >= BLOCK_SIZE:
             self.flush()
@@ -161,6 +168,25 @@ class BlockWriter(MsgSpecWriter):
             while block:
                 # An unbuffered stdout is a raw file: a write may be partial.
                 del block[: os.write(fd, block)]
+
+
+# A RECORD line's stream, version and time_extracted, and the bytes before and after
+# its record.
+_Frame = tuple[str, "int | None", dt.datetime, bytes, bytes]
+
+
+def _record_frame(stream: str, version: int | None, time_extracted: dt.datetime) -> _Frame:
+    """The bytes of a RECORD line around its record, as the SDK's writer encodes them.
+
+    The SDK's line is its encoder's compact JSON of ``{"type": "RECORD", "stream": ...,
+    "record": ..., "version": ... (if any), "time_extracted": ...}`` and a newline: the
+    keys in that order, no spaces. What comes before and after the record is the same
+    for every record of a page, so it is encoded once.
+    """
+    head = b'{"type":"RECORD","stream":' + sdk_encoder.encode(stream) + b',"record":'
+    tail = b',"version":' + sdk_encoder.encode(version) if version is not None else b""
+    tail += b',"time_extracted":' + sdk_encoder.encode(time_extracted) + b"}\n"
+    return stream, version, time_extracted, head, tail
 
 
 def state_line(state: t.Mapping[str, t.Any]) -> bytearray:

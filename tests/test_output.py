@@ -277,6 +277,34 @@ def test_a_record_line_is_byte_for_byte_the_sdks(value, stream, version, extract
     assert writer.since_state == len(expected)
 
 
+def test_record_lines_follow_each_change_of_stream_version_and_time():
+    """What surrounds a record is encoded once and reused: never for another stream,
+    version or time_extracted."""
+    first = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    later = dt.datetime(2026, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc)
+    same_time = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)  # equal, not the same
+    lines = [
+        ("a", None, first),
+        ("a", None, first),
+        ("b", None, first),
+        ("b", 7, first),
+        ("b", 8, first),
+        ("b", None, first),
+        ("b", None, later),
+        ("b", None, same_time),
+        ("a", 0, later),
+    ]
+    writer = BlockWriter()
+    expected = b""
+    for n, (stream, version, extracted) in enumerate(lines):
+        writer.write_record(stream, {"n": n}, version, extracted)
+        message = RecordMessage(
+            stream=stream, record={"n": n}, version=version, time_extracted=extracted
+        )
+        expected += bytes(MsgSpecWriter().format_message(message))
+    assert bytes(writer._block) == expected
+
+
 def test_a_record_that_cannot_be_encoded_leaves_no_half_line():
     writer = BlockWriter()
     writer.write_record("s", {"n": 1}, None, dt.datetime.now(dt.timezone.utc))
