@@ -31,9 +31,9 @@ STEPS = (
     ("decode pages (msgspec), re-fetching bad bodies", "tap_openfunnel/api.py", "read_page"),
     ("row shaping (tap RowShaper)", "tap_openfunnel/records.py", "records"),
     (
-        "RECORD messages (tap SelectedRecordMessages)",
+        "RECORD lines (tap SelectedRecordMessages)",
         "tap_openfunnel/writer.py",
-        "_generate_record_messages",
+        "_write_record_message",
     ),
     (
         "SDK pop_deselected_record_properties",
@@ -42,7 +42,7 @@ STEPS = (
     ),
     ("SDK stream map transform", "singer_sdk/mapper.py", "transform"),
     ("message to JSON line (msgspec)", "singer_sdk/contrib/msgspec.py", "serialize_message"),
-    ("write lines in blocks (tap BlockWriter)", "tap_openfunnel/writer.py", "write_message"),
+    ("encode lines into blocks (tap BlockWriter)", "tap_openfunnel/writer.py", "write_record"),
     ("SDK _sync_records, everything", "singer_sdk/streams/core.py", "_sync_records"),
 )
 

@@ -5,12 +5,14 @@
 - ``fast_server.py``, a process of its own answering from memory with pre-rendered
   bytes: the figure measures the client alone.
 
-Run alone with ``.venv/bin/python benchmarks/records_section.py`` (``--quick``: smaller).
+Run alone with ``.venv/bin/python benchmarks/records_section.py`` (``--quick``: smaller;
+``--fast-only --repeats 5``: the fast server only, five interleaved runs of each variant).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -174,12 +176,13 @@ def print_server(name: str, variants: dict[str, dict[str, t.Any]]) -> None:
     )
 
 
-def section_b(bench: Bench, scale: Scale) -> dict[str, t.Any]:
+def section_b(bench: Bench, scale: Scale, *, sandbox_too: bool = True) -> dict[str, t.Any]:
     """(b) Records per second of the tap against bare requests + json loops, two servers.
 
     Args:
         bench: The runner.
         scale: Sizes.
+        sandbox_too: Measure on the in-process sandbox as well as on the fast server.
 
     Returns:
         Figures per server and variant; ``variants`` and ``ratio`` are the fast server's.
@@ -197,11 +200,12 @@ def section_b(bench: Bench, scale: Scale) -> dict[str, t.Any]:
         "the client's own CPU decides."
     )
     servers: dict[str, dict[str, t.Any]] = {}
-    with FakeOpenFunnel(page_size=PAGE_SIZE) as sandbox:
-        job_id = sandbox.add_job(JobSpec(kind="tam", rows=rows))
-        empty_id = sandbox.add_job(JobSpec(kind="tam", rows=0))
-        servers["sandbox"] = measure(bench, scale, sandbox, job_id, empty_id)
-    print_server("sandbox", servers["sandbox"])
+    if sandbox_too:
+        with FakeOpenFunnel(page_size=PAGE_SIZE) as sandbox:
+            job_id = sandbox.add_job(JobSpec(kind="tam", rows=rows))
+            empty_id = sandbox.add_job(JobSpec(kind="tam", rows=0))
+            servers["sandbox"] = measure(bench, scale, sandbox, job_id, empty_id)
+        print_server("sandbox", servers["sandbox"])
     with FastServer([rows, 0]) as fast:
         servers["fast"] = measure(bench, scale, fast, fast.jobs[0], fast.jobs[1])
     print_server("fast", servers["fast"])
@@ -227,9 +231,16 @@ def main() -> int:
     """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smaller job, one run each")
+    parser.add_argument(
+        "--fast-only", action="store_true", help="the fast server only (where the targets count)"
+    )
+    parser.add_argument("--repeats", type=int, help="interleaved runs of each variant")
     args = parser.parse_args()
+    scale = QUICK if args.quick else DEFAULT
+    if args.repeats is not None:
+        scale = dataclasses.replace(scale, b_repeats=max(args.repeats, 1))
     with tempfile.TemporaryDirectory(prefix="tap-openfunnel-bench-") as workdir:
-        section_b(Bench(Path(workdir)), QUICK if args.quick else DEFAULT)
+        section_b(Bench(Path(workdir)), scale, sandbox_too=not args.fast_only)
     return 0
 
 

@@ -34,6 +34,10 @@ class _PageFields(msgspec.Struct):
 
 _OBJECT = msgspec.json.Decoder()
 _PAGE = msgspec.json.Decoder(_PageFields)
+# A NUL in a JSON string can only be written escaped. A compiled pattern scans a page
+# about twice as fast as ``bytes.__contains__``, whose skip table the many "u" and "0"
+# of a body defeat.
+_ESCAPED_NUL = re.compile(rb"\\u0000")
 
 
 class UndecodableBodyError(ValueError):
@@ -122,7 +126,7 @@ def decode_page_fields(raw: bytes, where: str = "a page") -> PageFields:
         lost = _Lost()
         sent = _scrub_top(sent, lost)
         lost.report(where)
-    return PageFields(sent, text_checked=b"\\u0000" not in raw)
+    return PageFields(sent, text_checked=_ESCAPED_NUL.search(raw) is None)
 
 
 def _json_fallback(raw: bytes, lost: _Lost) -> object:

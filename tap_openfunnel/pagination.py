@@ -21,6 +21,7 @@ if t.TYPE_CHECKING:
 LOGGER = logging.getLogger("tap-openfunnel")
 
 _PAGE_NAME = re.compile(r"page_(\d{4,})")
+_OBJECTS_ONLY = {dict}  # the types of a page's rows when all are JSON objects
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,10 @@ class Page:
                 f"{type(cursor).__name__}, not a page name, so the next page is unknown."
             )
             raise MalformedPageError(msg)
-        kept = [row for row in rows if isinstance(row, dict)] if rows else []
+        if rows and set(map(type, rows)) == _OBJECTS_ONLY:
+            kept = rows  # every row an object, as documented: nothing to copy
+        else:
+            kept = [row for row in rows if isinstance(row, dict)] if rows else []
         if isinstance(rows, list) and len(kept) < len(rows):
             LOGGER.warning(
                 "Page %s: %d of its rows are not JSON objects and cannot become records; "

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import typing as t
+
+import msgspec
 
 from tap_openfunnel.exceptions import ChangedShapeError
 from tap_openfunnel.logs import redact, shown
 from tap_openfunnel.safe_values import MAX_KEPT_CHARS, MAX_KEPT_DEPTH, clean_text, keep_json
+from tap_openfunnel.values import (
+    COERCE,
+    EXACT,
+    INT64_MAX,
+    INT64_MIN,
+    kind_of,
+    rows_as_sent_type,
+)
 
 if t.TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
+
+__all__ = ["ADDED_FIELDS", "EXTRA_FIELD", "INT64_MAX", "INT64_MIN", "RowShaper"]
 
 LOGGER = logging.getLogger("tap-openfunnel")
 
@@ -26,108 +36,12 @@ EXTRA_FIELD = "_extra"
 IDENTITY_FIELDS = ("name", "domain")
 _NAMES_SHOWN = 40
 _EXTRA_COLUMN = f"the {EXTRA_FIELD} column"
-# The bounds every integer field of schemas/*.json declares: with them, targets create
-# 64-bit columns (BIGINT, INT64) instead of 128-bit ones (DuckDB's HUGEINT), and a value
-# outside them, which such a column could not hold, becomes null instead of failing a load.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def _in_range(number: int) -> int | None:
-    return number if INT64_MIN <= number <= INT64_MAX else None
 
 
 def _names(names: Iterable[str]) -> str:
     listed = sorted({shown(clean_text(name), 80) for name in names})
     more = len(listed) - _NAMES_SHOWN
     return ", ".join(listed[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
-
-
-def _to_int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None  # true is not a number of employees
-    if isinstance(value, str):
-        text = value.strip().replace(",", "")
-        try:
-            return _in_range(int(text))
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                return None
-    if isinstance(value, int):
-        return _in_range(value)
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return _in_range(int(value))
-    return None
-
-
-def _to_number(value: object) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            number = float(value.strip().replace(",", ""))
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
-def _to_string(value: object) -> str | None:
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, (dict, list)):
-        try:
-            return clean_text(json.dumps(value, ensure_ascii=False))
-        except (ValueError, RecursionError):
-            return None  # nested too deep to be data
-    return str(value)
-
-
-def _to_boolean(value: object) -> bool | None:
-    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
-        return value.strip().lower() == "true"
-    if isinstance(value, (int, float)):
-        return bool(value)
-    return None
-
-
-def _to_string_list(value: object) -> list[str] | None:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        # A null inside a list of strings carries nothing; other items become text.
-        return [
-            clean_text(item) if isinstance(item, str) else str(_to_string(item))
-            for item in value
-            if item is not None
-        ]
-    return None
-
-
-_EXACT: dict[str, tuple[type, ...]] = {
-    # Never taken as is: an int may lie outside the 64-bit bounds.
-    "integer": (),
-    "number": (int, float),
-    "string": (str,),
-    "boolean": (bool,),
-    # Never taken as is: the items of a list must be checked too.
-    "array": (),
-}
-_COERCE: dict[str, Callable[[object], object]] = {
-    "integer": _to_int,
-    "number": _to_number,
-    "string": _to_string,
-    "boolean": _to_boolean,
-    "array": _to_string_list,
-}
-
-
-def _kind(schema: Mapping[str, t.Any]) -> str:
-    types = schema.get("type", "string")
-    if isinstance(types, str):
-        return types
-    return next((kind for kind in types if kind != "null"), "string")
 
 
 class RowShaper:
@@ -157,15 +71,22 @@ class RowShaper:
         self.strict_shape = strict_shape
         self._known = frozenset(self.fields)
         self._identity = tuple(name for name in IDENTITY_FIELDS if name in self._known)
-        self._kinds = {name: _kind(properties[name]) for name in self.fields}
-        self._exact = {name: _EXACT.get(kind, (object,)) for name, kind in self._kinds.items()}
+        self._kinds = {name: kind_of(properties[name]) for name in self.fields}
+        self._exact = {name: EXACT.get(kind, (object,)) for name, kind in self._kinds.items()}
         # The record path takes an int as is once it is within the 64-bit bounds: the
-        # same result as _to_int, without a call per integer field of every row.
+        # same result as to_int, without a call per integer field of every row.
         self._ints = frozenset(name for name, kind in self._kinds.items() if kind == "integer")
         self._taken = {
             name: (int,) if name in self._ints else exact for name, exact in self._exact.items()
         }
         self._arrays = tuple(name for name, kind in self._kinds.items() if kind == "array")
+        # A page whose rows need no coercion at all is told in one call, in C
+        # (taken_as_sent); its records start from every column null, in the order the
+        # value-by-value path builds them.
+        self._as_sent_type = rows_as_sent_type(self._kinds)
+        self._blank: dict[str, t.Any] = dict.fromkeys((*ADDED_FIELDS, *self.fields))
+        if self.keep_unknown:
+            self._blank[EXTRA_FIELD] = None
         self.unknown_fields: set[str] = set()
         self.nulled: dict[str, int] = {}
         self.dropped_kept = 0
@@ -201,6 +122,40 @@ class RowShaper:
         """
         if self._identity and rows:
             self._check_shape(rows, job_id=job_id, page=page)
+        if text_checked and self.taken_as_sent(rows):
+            yield from self._as_sent(rows, job_id=job_id, page=page, first_rank=first_rank)
+        else:
+            yield from self._coerced(
+                rows, job_id=job_id, page=page, first_rank=first_rank, text_checked=text_checked
+            )
+
+    def _as_sent(
+        self, rows: list[dict[str, t.Any]], *, job_id: str, page: str, first_rank: int
+    ) -> Iterator[dict[str, t.Any]]:
+        """The records of a page :meth:`taken_as_sent`: each row's values as sent."""
+        blank = self._blank.copy()
+        blank["job_id"] = job_id
+        blank["page"] = page
+        arrays = self._arrays
+        for rank, row in enumerate(rows, start=first_rank):
+            record = blank.copy()
+            record["rank"] = rank
+            record.update(row)
+            for name in arrays:
+                if record[name] is None:
+                    record[name] = []
+            yield record
+
+    def _coerced(
+        self,
+        rows: list[dict[str, t.Any]],
+        *,
+        job_id: str,
+        page: str,
+        first_rank: int,
+        text_checked: bool,
+    ) -> Iterator[dict[str, t.Any]]:
+        """The records of any page, value by value: coerced, cleaned, counted, set aside."""
         fields = self.fields
         taken = self._taken
         ints = self._ints
@@ -239,6 +194,28 @@ class RowShaper:
             elif keep:
                 record[EXTRA_FIELD] = None
             yield record
+
+    def taken_as_sent(self, rows: list[dict[str, t.Any]]) -> bool:
+        """Whether every row would become a record with none of its values changed.
+
+        True when each row is an object of schema fields only, each null or of its
+        schema type as it would be kept (see :func:`~tap_openfunnel.values.rows_as_sent_type`):
+        nothing to coerce, null, count or keep in ``_extra``. Strings are not looked at:
+        the caller vouches for their text (``text_checked``). One call per page, in C.
+
+        Args:
+            rows: A page's rows, as decoded from JSON.
+
+        Returns:
+            True if the page's records are its rows' values as sent.
+        """
+        if self._as_sent_type is None:
+            return False
+        try:
+            msgspec.convert(rows, self._as_sent_type)
+        except msgspec.ValidationError:
+            return False
+        return True
 
     def _empty_lists_for_nulls(self, record: dict[str, t.Any]) -> None:
         # A BigQuery REPEATED column takes no null: every loader gets [] instead.
@@ -351,7 +328,7 @@ class RowShaper:
         kind = self._kinds[name]
         if kind == "number" and isinstance(value, int) and not isinstance(value, bool):
             return value
-        coercer = _COERCE.get(kind)
+        coercer = COERCE.get(kind)
         coerced = coercer(value) if coercer is not None else value
         if coerced is None:
             self.nulled[name] = self.nulled.get(name, 0) + 1

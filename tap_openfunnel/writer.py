@@ -12,9 +12,10 @@ import weakref
 
 from singer_sdk import Stream
 from singer_sdk.contrib.msgspec import MsgSpecWriter, serialize_jsonl
+from singer_sdk.contrib.msgspec import encoder as sdk_encoder
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import SameRecordTransform
-from singer_sdk.singerlib import RecordMessage, StateMessage
+from singer_sdk.singerlib import StateMessage
 from singer_sdk.singerlib.encoding.base import SingerMessageType
 
 from tap_openfunnel import signals
@@ -28,7 +29,7 @@ else:
     from typing_extensions import override
 
 if t.TYPE_CHECKING:
-    from collections.abc import Generator, Iterable
+    from collections.abc import Iterable
 
     from singer_sdk.helpers.types import Context
     from singer_sdk.mapper import StreamMap
@@ -69,6 +70,8 @@ class BlockWriter(MsgSpecWriter):
         # RECORD bytes written since the last STATE line (see state_due).
         self.since_state = 0
         self._last_state: bytes | None = None
+        # What surrounds the record in the last RECORD line (see _record_frame).
+        self._frame: _Frame | None = None
         _LIVE.add(self)
 
     @override
@@ -93,6 +96,50 @@ class BlockWriter(MsgSpecWriter):
                 self.flush()
             return
         self.flush()
+
+    def write_record(
+        self,
+        stream: str,
+        record: t.Mapping[str, t.Any],
+        version: int | None,
+        time_extracted: dt.datetime,
+    ) -> None:
+        """Add the RECORD line the SDK's writer would write, encoded straight into the block.
+
+        The same bytes as ``RecordMessage(...)`` through :meth:`write_message` (the
+        SDK's ``to_dict`` and encoder), without the message object, its dictionary or
+        the copy of the line from the SDK's shared buffer.
+
+        Args:
+            stream: The stream (its alias).
+            record: The record.
+            version: The stream version, if any.
+            time_extracted: When the record was read, an aware UTC datetime.
+
+        Raises:
+            TypeError: A value the SDK's encoder cannot encode either; nothing of its
+                line is left in the block.
+        """
+        frame = self._frame
+        if (
+            frame is None
+            or frame[0] is not stream
+            or frame[1] != version
+            or frame[2] is not time_extracted
+        ):
+            frame = self._frame = _record_frame(stream, version, time_extracted)
+        block = self._block
+        start = len(block)
+        block += frame[3]
+        try:
+            sdk_encoder.encode_into(record, block, -1)
+        except BaseException:
+            del block[start:]  # msgspec leaves what it had written
+            raise
+        block += frame[4]
+        self.since_state += len(block) - start
+        if len(block) >= BLOCK_SIZE:
+            self.flush()
 
     def write_state_line(self, line: bytes | bytearray) -> None:
         """Write an encoded STATE line, unless it is the last one written again.
@@ -152,6 +199,25 @@ class BlockWriter(MsgSpecWriter):
                 del block[: os.write(fd, block)]
 
 
+# A RECORD line's stream, version and time_extracted, and the bytes before and after
+# its record.
+_Frame = tuple[str, "int | None", dt.datetime, bytes, bytes]
+
+
+def _record_frame(stream: str, version: int | None, time_extracted: dt.datetime) -> _Frame:
+    """The bytes of a RECORD line around its record, as the SDK's writer encodes them.
+
+    The SDK's line is its encoder's compact JSON of ``{"type": "RECORD", "stream": ...,
+    "record": ..., "version": ... (if any), "time_extracted": ...}`` and a newline: the
+    keys in that order, no spaces. What comes before and after the record is the same
+    for every record of a page, so it is encoded once.
+    """
+    head = b'{"type":"RECORD","stream":' + sdk_encoder.encode(stream) + b',"record":'
+    tail = b',"version":' + sdk_encoder.encode(version) if version is not None else b""
+    tail += b',"time_extracted":' + sdk_encoder.encode(time_extracted) + b"}\n"
+    return stream, version, time_extracted, head, tail
+
+
 def state_line(state: t.Mapping[str, t.Any]) -> bytearray:
     """The STATE line of ``state``, as the SDK's msgspec writer writes it.
 
@@ -199,6 +265,15 @@ def widen_pipe(fd: int = 1) -> int | None:
         return None
 
 
+def utc_now() -> dt.datetime:
+    """The current time, aware, in UTC: what a RECORD's ``time_extracted`` holds.
+
+    Returns:
+        The time.
+    """
+    return dt.datetime.now(dt.timezone.utc)
+
+
 # Weak references: an embedding process may create many taps.
 _LIVE: weakref.WeakSet[BlockWriter] = weakref.WeakSet()
 
@@ -217,14 +292,16 @@ atexit.register(flush_all)
 
 
 class SelectedRecordMessages(Stream):
-    """Builds RECORD messages without per-record work that cannot change a record.
+    """Writes RECORD lines without per-record work that cannot change a record.
 
-    The SDK walks each property of each record against the catalog's selection mask
+    The SDK builds a ``RecordMessage`` per record and passes it through four layers to
+    the writer, after walking each property against the catalog's selection mask
     (``pop_deselected_record_properties``: a copy of the record and a tuple per
-    property, about 6 us a record, a quarter of the tap's CPU per record). When the
-    mask selects everything, nothing can be popped: this skips the walk and builds the
-    messages as ``Stream._generate_record_messages`` does. Any deselected property, or
-    a type conformance level other than NONE, takes the SDK's own path unchanged.
+    property). When the mask selects everything and the type conformance level is NONE,
+    nothing can be popped or changed: this encodes the line the SDK would write straight
+    into the block writer (:meth:`BlockWriter.write_record`). Any deselected property,
+    another conformance level, or a message writer that is not a :class:`BlockWriter`
+    takes the SDK's own path unchanged.
 
     The same holds for a stream map that is the SDK's identity (``SameRecordTransform``,
     no flattening): it returns the record it is given, so it is not called. What can be
@@ -232,14 +309,22 @@ class SelectedRecordMessages(Stream):
     public ``generate_child_contexts`` makes no child context (the SDK's default makes
     one per record, and a shallow copy of the record).
 
-    ``_generate_record_messages`` is the one private SDK method the tap replaces
-    (pinned by tests/test_output.py); docs/how-it-works.md says what it saves.
+    ``time_extracted`` is read from the clock once per page: the records of one API
+    answer were observed together. A record that names its page (``page``) by the same
+    object as the record before shares that record's time; any other gets a fresh one.
+
+    ``_write_record_message`` is the one private SDK method the tap replaces (pinned by
+    tests/test_output.py); docs/how-it-works.md says what it saves.
     """
 
-    _plain_path: bool | None = None
+    _decided = False
     _maps: tuple[tuple[str, StreamMap | None], ...] = ()
+    # The writer of the fast path; None: the SDK's own path.
+    _record_writer: BlockWriter | None = None
+    _extracted_page: object = None
+    _extracted_at: dt.datetime | None = None
 
-    def _decide_paths(self) -> bool:
+    def _decide_paths(self) -> None:
         self._maps = tuple(
             (
                 stream_map.stream_alias,
@@ -249,10 +334,10 @@ class SelectedRecordMessages(Stream):
             )
             for stream_map in self.stream_maps
         )
-        self._plain_path = self.TYPE_CONFORMANCE_LEVEL is TypeConformanceLevel.NONE and all(
-            self.mask.values()
-        )
-        return self._plain_path
+        writer = self._tap.message_writer
+        plain = self.TYPE_CONFORMANCE_LEVEL is TypeConformanceLevel.NONE and all(self.mask.values())
+        self._record_writer = writer if plain and isinstance(writer, BlockWriter) else None
+        self._decided = True
 
     @override
     def generate_child_contexts(
@@ -265,27 +350,28 @@ class SelectedRecordMessages(Stream):
         return super().generate_child_contexts(record, context)
 
     @override
-    def _generate_record_messages(
-        self, record: dict[str, t.Any]
-    ) -> Generator[RecordMessage, None, None]:
-        plain = self._plain_path
-        if plain is None:
-            plain = self._decide_paths()
-        if not plain:
-            yield from super()._generate_record_messages(record)
+    def _write_record_message(self, record: dict[str, t.Any]) -> None:
+        if not self._decided:
+            self._decide_paths()
+        writer = self._record_writer
+        if writer is None:
+            super()._write_record_message(record)
         else:
+            page = record.get("page")
+            time_extracted = self._extracted_at
+            if time_extracted is None or page is None or page is not self._extracted_page:
+                # Once per page: see the class docstring.
+                time_extracted = self._extracted_at = utc_now()
+                self._extracted_page = page
+            version = self._stream_version
             for alias, stream_map in self._maps:
                 mapped = record if stream_map is None else stream_map.transform(record)
                 if mapped is not None:
-                    yield RecordMessage(
-                        stream=alias,
-                        record=mapped,
-                        version=self._stream_version,
-                        time_extracted=dt.datetime.now(dt.timezone.utc),
-                    )
+                    writer.write_record(alias, mapped, version, time_extracted)
+            self.state_manager.is_flushed = False
         if self.ABORT_AT_RECORD_COUNT is not None:
             # A dry run (the SDK's connection test) stops after a few records without
             # a closing STATE: hand each record out at once instead of at exit.
-            writer = self._tap.message_writer
-            if isinstance(writer, BlockWriter):
-                writer.flush()
+            sink = self._tap.message_writer
+            if isinstance(sink, BlockWriter):
+                sink.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import io
 import json
@@ -20,6 +21,7 @@ from support import base_config, discover, parse_messages, tap_command, tap_env,
 
 from openfunnel_sandbox import JobSpec
 from tap_openfunnel import cli
+from tap_openfunnel import writer as writer_module
 from tap_openfunnel.streams import load_schema
 from tap_openfunnel.tap import TapOpenFunnel
 from tap_openfunnel.writer import (
@@ -254,6 +256,100 @@ def test_a_state_line_is_byte_for_byte_the_sdks(value):
     assert bytes(state_line(value)) == expected
 
 
+RECORDS = st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    RECORDS,
+    st.text(max_size=12),
+    st.none() | st.integers(min_value=0, max_value=2**63 - 1),
+    st.datetimes(timezones=st.just(dt.timezone.utc)),
+)
+def test_a_record_line_is_byte_for_byte_the_sdks(value, stream, version, extracted):
+    """The RECORD fast path (no message object) writes exactly what the SDK's writer does."""
+    message = RecordMessage(stream=stream, record=value, version=version, time_extracted=extracted)
+    expected = bytes(MsgSpecWriter().format_message(message))
+    writer = BlockWriter()
+    writer._block += b"before\n"
+    writer.write_record(stream, value, version, extracted)
+    assert bytes(writer._block) == b"before\n" + expected
+    assert writer.since_state == len(expected)
+
+
+def test_record_lines_follow_each_change_of_stream_version_and_time():
+    """What surrounds a record is encoded once and reused: never for another stream,
+    version or time_extracted."""
+    first = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    later = dt.datetime(2026, 1, 1, 0, 0, 1, tzinfo=dt.timezone.utc)
+    same_time = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)  # equal, not the same
+    lines = [
+        ("a", None, first),
+        ("a", None, first),
+        ("b", None, first),
+        ("b", 7, first),
+        ("b", 8, first),
+        ("b", None, first),
+        ("b", None, later),
+        ("b", None, same_time),
+        ("a", 0, later),
+    ]
+    writer = BlockWriter()
+    expected = b""
+    for n, (stream, version, extracted) in enumerate(lines):
+        writer.write_record(stream, {"n": n}, version, extracted)
+        message = RecordMessage(
+            stream=stream, record={"n": n}, version=version, time_extracted=extracted
+        )
+        expected += bytes(MsgSpecWriter().format_message(message))
+    assert bytes(writer._block) == expected
+
+
+def test_a_record_that_cannot_be_encoded_leaves_no_half_line():
+    writer = BlockWriter()
+    writer.write_record("s", {"n": 1}, None, dt.datetime.now(dt.timezone.utc))
+    before = bytes(writer._block)
+    with pytest.raises(TypeError):
+        writer.write_record(
+            "s", {"n": [1, 2, NotEncodable()]}, None, dt.datetime.now(dt.timezone.utc)
+        )
+    assert bytes(writer._block) == before
+    assert writer.since_state == len(before)
+
+
+class NotEncodable:
+    """What msgspec refuses (the SDK's hook makes most objects a string: not this one)."""
+
+    def __str__(self) -> str:
+        raise TypeError
+
+
+def test_the_records_of_a_page_share_its_time_extracted(server, monkeypatch, capsys):
+    """The clock is read once per page, not per record: one page, one time."""
+    job = server.add_job(JobSpec(kind="tam", rows=250))
+    ticks = iter(range(1, 1000))
+    monkeypatch.setattr(
+        writer_module,
+        "utc_now",
+        lambda: dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=next(ticks)),
+    )
+    cli.sync(TapOpenFunnel(config=base_config(server, tam_job_ids=[job])))
+    records = [
+        m
+        for m in parse_messages(capsys.readouterr().out)
+        if m["type"] == "RECORD" and m["stream"] == "tam_companies"
+    ]
+    times = {}
+    for message in records:
+        times.setdefault(message["record"]["page"], set()).add(message["time_extracted"])
+    assert [len(records), sorted(times)] == [250, ["page_0000", "page_0001", "page_0002"]]
+    # One time per page, read when the page's first record went out (the jobs
+    # stream's record, written before, took a time of its own).
+    assert [len(seen) for seen in times.values()] == [1, 1, 1]
+    stamps = [seen.pop() for seen in times.values()]
+    assert stamps == sorted(set(stamps))
+
+
 def test_a_state_is_written_again_only_when_it_changed(tmp_path):
     writer = BlockWriter()
     partition = {"context": {"job_id": "a"}, "next_cursor": "page_0001", "rows_read": 100}
@@ -296,14 +392,14 @@ def test_records_are_built_by_the_taps_own_message_builder(server, monkeypatch, 
     it, every record would quietly take the slow path again. This notices."""
     job = server.add_job(JobSpec(kind="tam", rows=5))
     built: list[int] = []
-    original = SelectedRecordMessages._generate_record_messages
+    original = SelectedRecordMessages._write_record_message
 
     def counting(self, record):
         if "rank" in record:
             built.append(record["rank"])
         return original(self, record)
 
-    monkeypatch.setattr(SelectedRecordMessages, "_generate_record_messages", counting)
+    monkeypatch.setattr(SelectedRecordMessages, "_write_record_message", counting)
     cli.sync(TapOpenFunnel(config=base_config(server, tam_job_ids=[job])))
     assert built == [1, 2, 3, 4, 5]
     written = parse_messages(capsys.readouterr().out)

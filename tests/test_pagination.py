@@ -312,3 +312,24 @@ def test_prefetch_threads_leave_termination_signals_to_the_main_thread():
     assert masks
     assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks)
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+@pytest.mark.parametrize(
+    ("rows", "kept", "skipped"),
+    [
+        pytest.param([{"a": 1}, {"b": 2}], [{"a": 1}, {"b": 2}], 0, id="objects"),
+        pytest.param([{"a": 1}, 3, None, "x", [], {"b": 2}], [{"a": 1}, {"b": 2}], 4, id="mixed"),
+        pytest.param([3, None], [], 2, id="no-object"),
+        pytest.param([], [], 0, id="empty"),
+        pytest.param(None, [], 0, id="null"),
+    ],
+)
+def test_rows_that_are_not_objects_are_skipped_and_counted(rows, kept, skipped, caplog):
+    page = Page.from_response({"rows": rows, "page": "page_0002"})
+    assert page.rows == kept
+    warned = [record.getMessage() for record in caplog.records if "not JSON objects" in record.msg]
+    expected = (
+        f"Page page_0002: {skipped} of its rows are not JSON objects and cannot become "
+        "records; they were skipped (and will show in the row count check)."
+    )
+    assert warned == ([expected] if skipped else [])

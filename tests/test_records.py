@@ -7,8 +7,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tap_openfunnel.decoding import decode_page_fields
 from tap_openfunnel.records import INT64_MAX, INT64_MIN, RowShaper
+from tap_openfunnel.values import kind_of
 
 SCHEMAS = {
     path.stem: json.loads(path.read_text(encoding="utf-8"))
@@ -105,3 +109,200 @@ def test_jobs_records_carry_empty_lists_for_seed_domains():
     assert record["unresolved_seed_domains"] == []
     assert record["pages"] is None
     assert record["derived_query"] is None
+
+
+# A clean row of tam_companies, every field of its schema type.
+CLEAN = {
+    "name": "Acme",
+    "domain": "acme.io",
+    "linkedin_url": "https://www.linkedin.com/company/acme",
+    "headquarters": "Zürich, ZH, Switzerland",
+    "match_reason": 'Says "observability"\nand 🚀',
+    "match_score": 88,
+    "source_band": "51-200",
+    "source_query": "observability",
+    "employee_count": 120,
+    "funding_stage": "Series A",
+    "industries": ["DevOps", "SaaS"],
+    "hq_city": "Zürich",
+    "hq_region": "ZH",
+    "hq_country": "Switzerland",
+}
+
+
+def clean(**changes: object) -> dict[str, object]:
+    row = dict(CLEAN, **changes)
+    return {name: value for name, value in row.items() if value is not DROP}
+
+
+DROP = object()
+
+# (rows of one page, whether they are taken as sent). Every row of a page must be for
+# the page to be: one odd row sends the whole page value by value.
+PAGES = [
+    pytest.param([CLEAN] * 3, True, id="clean"),
+    pytest.param([clean(match_score=None, industries=None, name=None)], True, id="nulls"),
+    pytest.param([clean(industries=DROP, hq_city=DROP)], True, id="missing-fields"),
+    pytest.param([{}], True, id="empty-row"),
+    pytest.param([clean(industries=[])], True, id="empty-list"),
+    pytest.param([clean(match_score=INT64_MAX, employee_count=INT64_MIN)], True, id="int64-ends"),
+    pytest.param([CLEAN, clean(match_score=INT64_MAX + 1)], False, id="above-int64"),
+    pytest.param([clean(employee_count=INT64_MIN - 1)], False, id="below-int64"),
+    pytest.param([clean(employee_count=2**64)], False, id="beyond-uint64"),
+    pytest.param([clean(match_score=True)], False, id="bool-for-int"),
+    pytest.param([clean(match_score=12.0)], False, id="float-for-int"),
+    pytest.param([clean(match_score=12.5)], False, id="fraction-for-int"),
+    pytest.param([clean(employee_count="1,200")], False, id="text-for-int"),
+    pytest.param([clean(name=5)], False, id="int-for-text"),
+    pytest.param([clean(name=False)], False, id="bool-for-text"),
+    pytest.param([clean(name={"a": [1]})], False, id="object-for-text"),
+    pytest.param([clean(name=["a"])], False, id="list-for-text"),
+    pytest.param([clean(industries=["a", None])], False, id="null-in-list"),
+    pytest.param([clean(industries=["a", 2, {"b": 1}])], False, id="non-text-in-list"),
+    pytest.param([clean(industries="SaaS")], False, id="text-for-list"),
+    pytest.param([clean(industries={"a": 1})], False, id="object-for-list"),
+    pytest.param([CLEAN, clean(founded=1999)], False, id="unknown-field"),
+    pytest.param([clean(rank=7, job_id="x", page="p")], False, id="added-field-names"),
+    pytest.param([clean(_extra={"a": 1})], False, id="extra-sent"),
+    pytest.param([clean(deep=[[[[["x" * 50]]]]])], False, id="unknown-nested"),
+    pytest.param([{"domain": "only.io"}, {"domain": "b.io"}], True, id="changed-shape"),
+    pytest.param([clean(funding_stage=DROP, name=DROP)] * 2 + [CLEAN], True, id="shape-minority"),
+]
+
+
+def shaped(schema: dict, rows: list, *, as_sent: bool, text_checked: bool = True) -> tuple:
+    """Records (items in order) and every counter, with or without the as-sent path."""
+    shaper = RowShaper(schema)
+    if not as_sent:
+        shaper.taken_as_sent = lambda _: False  # type: ignore[method-assign]
+    records = shaper.records(
+        rows, job_id="j", page="page_0003", first_rank=201, text_checked=text_checked
+    )
+    items = [list(record.items()) for record in records]
+    return items, shaper.nulled, shaper.unknown_fields, shaper.dropped_kept
+
+
+def decoded(rows: list) -> list:
+    """Rows as the decoder hands them over, with their text vouched for."""
+    fields = decode_page_fields(json.dumps({"rows": rows}, ensure_ascii=False).encode())
+    assert fields.text_checked
+    return fields.body["rows"]
+
+
+def schema_of(stream: str, *, keep: bool) -> dict:
+    schema = json.loads(json.dumps(SCHEMAS[stream]))
+    if not keep:
+        del schema["properties"]["_extra"]
+    return schema
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["keep-unknown", "drop-unknown"])
+@pytest.mark.parametrize(("rows", "as_sent"), PAGES)
+def test_rows_taken_as_sent_make_the_same_records_as_value_by_value(keep, rows, as_sent):
+    """The as-sent path (one check per page, in C) and the value-by-value path give the
+    same records, key order included, and count the same; odd rows never take it."""
+    schema = schema_of("tam_companies", keep=keep)
+    rows = decoded(rows)
+    assert RowShaper(schema).taken_as_sent(rows) is as_sent
+    assert shaped(schema, rows, as_sent=True) == shaped(schema, rows, as_sent=False)
+
+
+@pytest.mark.parametrize(
+    ("row", "as_sent"),
+    [
+        pytest.param(
+            {"name": "A", "company_size": "51-200", "employee_count": 3}, True, id="clean"
+        ),
+        pytest.param({"name": "A", "industries": ["SaaS"]}, False, id="tam-field"),
+        pytest.param({"name": "A", "employee_count": "3"}, False, id="text-for-int"),
+    ],
+)
+def test_lookalike_rows_take_the_as_sent_path_by_their_own_schema(row, as_sent):
+    schema = schema_of("lookalike_companies", keep=True)
+    rows = decoded([row])
+    assert RowShaper(schema).taken_as_sent(rows) is as_sent
+    assert shaped(schema, rows, as_sent=True) == shaped(schema, rows, as_sent=False)
+
+
+def test_field_names_that_are_no_python_names_take_the_as_sent_path_too():
+    properties = {name: {"type": ["string", "null"]} for name in ("hq-city", "class", "field_0")}
+    shaper = RowShaper({"properties": properties})
+    rows = [{"hq-city": "Oslo", "class": "B", "field_0": "x"}, {"hq-city": None}]
+    assert shaper.taken_as_sent(rows)
+    assert not shaper.taken_as_sent([{"field_1": "x"}])
+    assert shaped({"properties": properties}, rows, as_sent=True) == shaped(
+        {"properties": properties}, rows, as_sent=False
+    )
+
+
+def test_a_schema_type_without_an_as_sent_check_always_goes_value_by_value():
+    properties = {"job_id": {"type": "string"}, "name": {"type": ["string", "null"]}}
+    typed = RowShaper({"properties": properties})
+    assert typed.taken_as_sent([{"name": "a"}])
+    untyped = RowShaper({"properties": {**properties, "blob": {"type": ["object", "null"]}}})
+    assert not untyped.taken_as_sent([{"name": "a"}])
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "as_sent"),
+    [
+        pytest.param("number", 5, True, id="number-int"),
+        pytest.param("number", 2.5, True, id="number-float"),
+        pytest.param("number", 2**70, True, id="number-huge-int"),
+        pytest.param("number", True, False, id="number-bool"),
+        pytest.param("number", "2.5", False, id="number-text"),
+        pytest.param("boolean", True, True, id="boolean"),
+        pytest.param("boolean", 1, False, id="boolean-int"),
+        pytest.param("boolean", "true", False, id="boolean-text"),
+    ],
+)
+def test_numbers_and_booleans_taken_as_sent_are_what_coercion_keeps(kind, value, as_sent):
+    schema = {"properties": {"rank": {"type": "integer"}, "v": {"type": [kind, "null"]}}}
+    rows = [{"v": value}]
+    assert RowShaper(schema).taken_as_sent(rows) is as_sent
+    assert shaped(schema, rows, as_sent=True) == shaped(schema, rows, as_sent=False)
+
+
+TEXT = st.text(max_size=6) | st.sampled_from(["Acme", "Zürich", "🚀", "a\x00b", "\ud800"])
+ODD = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), TEXT),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+# Mostly values of the schema type (so whole pages take the as-sent path), sometimes not.
+AS_TYPED = {
+    "string": TEXT,
+    "integer": st.sampled_from([0, 7, INT64_MAX, INT64_MIN, INT64_MAX + 1, INT64_MIN - 1])
+    | st.integers(INT64_MIN - 2, INT64_MAX + 2),
+    "array": st.lists(TEXT, max_size=3),
+}
+TAM_ROW = st.fixed_dictionaries(
+    {},
+    optional={
+        **{
+            name: st.one_of(
+                AS_TYPED[kind_of(prop)], AS_TYPED[kind_of(prop)], AS_TYPED[kind_of(prop)], ODD
+            )
+            for name, prop in SCHEMAS["tam_companies"]["properties"].items()
+            if name not in {"job_id", "page", "rank", "_extra"}
+        },
+        "founded": ODD,
+        "rank": ODD,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(TAM_ROW | st.just({}), max_size=5), st.booleans())
+def test_any_decoded_page_gives_the_same_records_through_either_path(rows, keep):
+    """Whatever a page holds, after the real decoder, both paths agree."""
+    raw = json.dumps({"rows": rows}).encode()
+    fields = decode_page_fields(raw)
+    decoded_rows = [row for row in fields.body["rows"] if isinstance(row, dict)]
+    schema = schema_of("tam_companies", keep=keep)
+    checked = fields.text_checked
+    assert shaped(schema, decoded_rows, as_sent=True, text_checked=checked) == shaped(
+        schema, decoded_rows, as_sent=False, text_checked=checked
+    )
