@@ -12,12 +12,22 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from openfunnel_sandbox import JobSpec
+
 if TYPE_CHECKING:
     from pathlib import Path
 
     from openfunnel_sandbox import FakeOpenFunnel
 
 API_KEY = "of_test_key_5f3c9a"  # a fake key; tests check it never leaks
+# Every fault the fake server can inject into an answer.
+ALL_FAULTS = ("429", "429_date", "429_body", "500", "502", "503", "drop", "cutoff", "slow")
+
+
+def spec(rows: int = 250, **quirks_and_more: Any) -> JobSpec:
+    """A TAM job of ``rows`` rows whose answers have the given quirks."""
+    quirks = quirks_and_more.pop("quirks", ())
+    return JobSpec(kind="tam", rows=rows, quirks=frozenset(quirks), **quirks_and_more)
 
 
 def base_config(server: FakeOpenFunnel, **overrides: Any) -> dict[str, Any]:
@@ -51,6 +61,11 @@ class TapRun:
     @property
     def last_state(self) -> dict[str, Any] | None:
         return self.states[-1] if self.states else None
+
+
+def ranks(records: list[dict[str, Any]], job_id: str) -> list[int]:
+    """The ranks of one job's records, in order."""
+    return sorted(r["rank"] for r in records if r["job_id"] == job_id)
 
 
 def parse_messages(stdout: str) -> list[dict[str, Any]]:

@@ -1,12 +1,14 @@
-"""The checkpoint's state: what a state file may hold, and how a job's position moves."""
+"""The checkpoint: what a state file may hold, how a job's position moves and when it is written."""
 
 from __future__ import annotations
 
+import copy
 import json
+import subprocess
 from typing import Any
 
 import pytest
-from support import base_config
+from support import base_config, tap_command, tap_env, write_json
 
 from openfunnel_sandbox import JobSpec
 from tap_openfunnel.checkpoint import Checkpoint, Position, state_problem
@@ -156,3 +158,92 @@ def test_state_output_grows_linearly_with_the_jobs_of_a_run(server, run_tap):
     # Paced by the records written: STATE never outweighs them by more than its last lines.
     assert large <= large_records + 3 * last_line, (large, large_records, last_line)
     assert small_records * 4 < large_records
+
+
+def recording_checkpoint(*, hold: bool, due=None):
+    state: dict[str, dict[str, Any]] = {}
+    written: list[dict[str, Any]] = []
+    checkpoint = Checkpoint(
+        lambda _stream, job_id: state.setdefault(job_id, {"context": {"job_id": job_id}}),
+        lambda: written.append(copy.deepcopy(state)),
+        hold_until_promoted=hold,
+        due=due,
+    )
+    checkpoint.register("j", "tam_companies")
+    return checkpoint, state, written
+
+
+def test_checkpoint_writes_each_page_at_once_when_records_go_to_stdout():
+    checkpoint, state, written = recording_checkpoint(hold=False)
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    assert state["j"]["next_cursor"] == "page_0001"
+    assert written[-1]["j"]["rows_read"] == 100
+    checkpoint.page_read("j", next_cursor=None, rows_read=150)
+    assert written[-1]["j"] == {"context": {"job_id": "j"}, "rows_read": 150, "done": True}
+    assert checkpoint.position("j") == Position(None, 150, done=True)
+
+
+def test_checkpoint_paces_pages_and_finished_jobs_alike():
+    due = {"now": False}
+    checkpoint, state, written = recording_checkpoint(hold=False, due=lambda: due["now"])
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    # Not worth a line yet: the position is in the state, for the next line to carry.
+    assert written == []
+    assert state["j"]["next_cursor"] == "page_0001"
+    assert checkpoint.position("j") == Position("page_0001", 100)
+    due["now"] = True
+    checkpoint.page_read("j", next_cursor="page_0002", rows_read=200)
+    assert written[-1]["j"]["next_cursor"] == "page_0002"
+    due["now"] = False
+    checkpoint.page_read("j", next_cursor="page_0003", rows_read=300)
+    assert len(written) == 1
+    checkpoint.write()  # what the signal handler calls: the state as it is
+    assert written[-1]["j"]["next_cursor"] == "page_0003"
+    # The end is paced too (a line per finished job would grow with their square)...
+    checkpoint.page_read("j", next_cursor=None, rows_read=350)
+    assert len(written) == 2
+    assert checkpoint.position("j") == Position(None, 350, done=True)
+    # ...and goes out with the next line, whoever writes it.
+    checkpoint.write()
+    assert written[-1]["j"] == {"context": {"job_id": "j"}, "rows_read": 350, "done": True}
+
+
+def test_checkpoint_in_batch_mode_writes_every_file_whatever_the_pace():
+    checkpoint, _state, written = recording_checkpoint(hold=True, due=lambda: False)
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    checkpoint.promote(checkpoint.handed())
+    assert written[-1]["j"]["next_cursor"] == "page_0001"
+
+
+def test_checkpoint_in_batch_mode_holds_pages_until_promoted():
+    checkpoint, state, written = recording_checkpoint(hold=True)
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    checkpoint.page_read("j", next_cursor="page_0002", rows_read=200)
+    # Nothing of those pages is durable: the state and what was written say so.
+    assert "next_cursor" not in state.get("j", {})
+    assert written == []
+    assert checkpoint.position("j") == Position(None, 0)
+    in_file = checkpoint.handed()
+    checkpoint.page_read("j", next_cursor="page_0003", rows_read=300)  # next file
+    checkpoint.promote(in_file)
+    assert checkpoint.position("j") == Position("page_0002", 200)
+    assert written[-1]["j"]["next_cursor"] == "page_0002"
+    # The later page is still held, and is promoted with its own file.
+    assert checkpoint.handed() == {"j": Position("page_0003", 300)}
+
+
+def test_unreadable_state_file_is_a_clear_error(server, tmp_path):
+    config = write_json(tmp_path / "c.json", base_config(server))
+    state = tmp_path / "s.json"
+    state.write_text("{not json", encoding="utf-8")
+    proc = subprocess.run(
+        tap_command(config, state),
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,4 +1,4 @@
-"""Issue #11: schema drift. What the API sends and the schemas do not name is kept, safely."""
+"""Schema drift: what the API sends and the schemas do not name is kept, safely."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The next_cursor paginator and the in-order prefetcher, against in-memory pages."""
+"""The next_cursor paginator and the in-order prefetcher: in-memory pages, odd cursors in a run."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import threading
 
 import pytest
+from support import base_config, spec
 
 from tap_openfunnel.exceptions import PageSequenceError
 from tap_openfunnel.pagination import Page, PageReader, page_index, page_name
@@ -312,3 +313,58 @@ def test_prefetch_threads_leave_termination_signals_to_the_main_thread():
     assert masks
     assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks)
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_empty_page_with_a_cursor_is_followed(server, run_tap, concurrency):
+    job = server.add_job(spec(rows=450, quirks={"empty_page_with_cursor"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], page_concurrency=concurrency))
+    assert run.returncode == 0, run.stderr
+    assert sorted(r["rank"] for r in run.records("tam_companies")) == list(range(1, 451))
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_repeating_cursor_fails_the_job_after_delivering_what_came_before(
+    server, run_tap, concurrency
+):
+    job = server.add_job(spec(rows=450, quirks={"repeat_cursor"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], page_concurrency=concurrency))
+    assert run.returncode == 1
+    assert job in run.stderr
+    assert "back to 'page_0001'" in run.stderr
+    assert sorted(r["rank"] for r in run.records("tam_companies")) == list(range(1, 201))
+    # State stays before the page that points back: a rerun sends it again with the
+    # same ranks, never under new ones.
+    (partition,) = run.last_state["bookmarks"]["tam_companies"]["partitions"]
+    assert (partition["next_cursor"], partition["rows_read"]) == ("page_0001", 100)
+    again = run_tap(base_config(server, tam_job_ids=[job]), state=run.last_state)
+    assert sorted(r["rank"] for r in again.records("tam_companies")) == list(range(101, 201))
+    resumed = f"Job {job}: resuming at page 'page_0001' (the cursor kept in state), after 100"
+    assert resumed in again.stderr
+    assert "resuming at page" not in run.stderr  # the first run started at the start
+
+
+@pytest.mark.parametrize(("strict", "code"), [(False, 0), (True, 1)])
+def test_manifest_mismatch_warns_or_fails(server, run_tap, strict, code):
+    job = server.add_job(spec(rows=300, quirks={"manifest_mismatch"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], strict_row_count=strict))
+    assert run.returncode == code
+    assert "read 300 rows but the manifest's unique_count says 305" in run.stderr
+    assert len(run.records("tam_companies")) == 300
+
+
+def test_opaque_cursors_are_followed(server, run_tap):
+    job = server.add_job(spec(rows=530, quirks={"opaque_cursor"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], page_concurrency=8))
+    assert run.returncode == 0, run.stderr
+    assert sorted(r["rank"] for r in run.records("tam_companies")) == list(range(1, 531))
+
+
+def test_wrong_page_is_never_emitted_under_the_wrong_name(server, run_tap):
+    job = server.add_job(spec(rows=600, quirks={"wrong_page"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], page_concurrency=4))
+    assert run.returncode == 0, run.stderr
+    rows = run.records("tam_companies")
+    assert "asked for page_0002" in run.stderr
+    assert all(r["page"] != "page_0002" for r in rows)
+    assert "manifest" in run.stderr  # the shortfall is reported, not silent

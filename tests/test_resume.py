@@ -1,20 +1,21 @@
-"""The tap end to end through its CLI, against the fake server: issue #2's promises."""
+"""Interruptions and resume: after a SIGKILL or SIGTERM, a re-run delivers every row once."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import random
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import (
-    API_KEY,
+    ALL_FAULTS,
     base_config,
-    discover,
     kill_after,
     parse_messages,
     tap_command,
@@ -22,159 +23,7 @@ from support import (
     write_json,
 )
 
-from openfunnel_sandbox import JobSpec
-
-TOOLS_BIN = Path(__file__).resolve().parent.parent / ".tools-venv" / "bin"
-
-
-def ranks(records, job_id):
-    return sorted(r["rank"] for r in records if r["job_id"] == job_id)
-
-
-def test_full_run_emits_every_row_once(server, run_tap):
-    tam = server.add_job(JobSpec(kind="tam", rows=1234))
-    look = server.add_job(JobSpec(kind="lookalike", rows=250))
-    run = run_tap(base_config(server, tam_job_ids=[tam], lookalike_job_ids=[look]))
-    assert run.returncode == 0, run.stderr
-    tam_rows = run.records("tam_companies")
-    look_rows = run.records("lookalike_companies")
-    assert len(tam_rows) == 1234
-    assert len(look_rows) == 250
-    assert ranks(tam_rows, tam) == list(range(1, 1235))
-    assert ranks(look_rows, look) == list(range(1, 251))
-    assert tam_rows[0]["page"] == "page_0000"
-    assert tam_rows[-1]["page"] == "page_0012"
-    jobs = {r["job_id"]: r for r in run.records("jobs")}
-    assert set(jobs) == {tam, look}
-    assert jobs[tam]["job_type"] == "tam_build"
-    assert jobs[tam]["unique_count"] == 1234
-    assert jobs[look]["count"] == 250
-    assert jobs[tam]["terminal_at"]
-    # A job id from config is its own entry: no request, no fingerprint.
-    assert jobs[tam]["origin"] == "config"
-    assert jobs[tam]["request_fingerprint"] is None
-    assert run.messages[-1]["type"] == "STATE"
-    partitions = run.last_state["bookmarks"]["tam_companies"]["partitions"]
-    assert partitions == [
-        {
-            "context": {"job_id": tam},
-            "rows_read": 1234,
-            "done": True,
-            "terminal_at": jobs[tam]["terminal_at"],
-        }
-    ]
-
-
-def test_terminal_at_is_when_the_tap_first_saw_the_job_finished(server, run_tap):
-    """A re-read of the job (here: resumed from a saved page) reports the kept time."""
-    tam = server.add_job(JobSpec(kind="tam", rows=250))
-    first_seen = "2026-01-02T03:04:05.123456+00:00"
-    partition = {
-        "context": {"job_id": tam},
-        "rows_read": 100,
-        "next_cursor": "page_0001",
-        "terminal_at": first_seen,
-    }
-    state = {"bookmarks": {"tam_companies": {"partitions": [partition]}}}
-    run = run_tap(base_config(server, tam_job_ids=[tam]), state=state)
-    assert run.returncode == 0, run.stderr
-    (job,) = run.records("jobs")
-    assert job["terminal_at"] == first_seen
-    (kept,) = run.last_state["bookmarks"]["tam_companies"]["partitions"]
-    assert kept["terminal_at"] == first_seen
-    assert ranks(run.records("tam_companies"), tam) == list(range(101, 251))
-
-
-def test_output_passes_singer_check_tap(server, tmp_path):
-    checker = TOOLS_BIN / "singer-check-tap"
-    if not checker.exists():
-        pytest.fail(
-            f"{checker} is missing: create it with `python3 -m venv .tools-venv && "
-            ".tools-venv/bin/pip install singer-tools` (make test does this)."
-        )
-    tam = server.add_job(JobSpec(kind="tam", rows=1234))
-    look = server.add_job(JobSpec(kind="lookalike", rows=250))
-    config = write_json(
-        tmp_path / "c.json", base_config(server, tam_job_ids=[tam], lookalike_job_ids=[look])
-    )
-    tap = subprocess.run(
-        tap_command(config), capture_output=True, env=tap_env(), timeout=120, check=True
-    )
-    check = subprocess.run(
-        [str(checker)], input=tap.stdout, capture_output=True, timeout=120, check=False
-    )
-    out = check.stdout.decode()
-    assert check.returncode == 0, out + check.stderr.decode()
-    assert "The output is valid." in out
-    assert "1234" in out
-    assert "250" in out
-
-
-def test_pending_then_running_job_is_waited_for(server, run_tap):
-    job = server.add_job(JobSpec(kind="tam", rows=450, pending_seconds=1.5, running_seconds=2.0))
-    started = time.monotonic()
-    run = run_tap(base_config(server, tam_job_ids=[job]))
-    assert run.returncode == 0, run.stderr
-    assert time.monotonic() - started >= 3.5
-    assert ranks(run.records("tam_companies"), job) == list(range(1, 451))
-    assert "status pending" in run.stderr
-    assert "status running" in run.stderr
-    # Never read a page before the job was terminal: the poll answers are the only
-    # requests while the job runs, and rows come from the completed set.
-    assert run.records("jobs")[0]["status"] == "completed"
-
-
-def test_paused_job_fails_within_seconds_naming_the_job(server, run_tap):
-    paused = server.add_job(JobSpec(kind="tam", rows=600, running_seconds=0.2, outcome="paused"))
-    started = time.monotonic()
-    run = run_tap(base_config(server, tam_job_ids=[paused], job_timeout=3))
-    elapsed = time.monotonic() - started
-    assert run.returncode != 0
-    assert elapsed < 20
-    assert paused in run.stderr
-    assert "job_timeout" in run.stderr
-    assert "Traceback" not in run.stderr
-    assert run.records("jobs")[0]["status"] == "paused"
-
-
-def test_failed_job_exits_nonzero_after_other_jobs_are_delivered(server, run_tap):
-    good = server.add_job(JobSpec(kind="tam", rows=321))
-    bad = server.add_job(
-        JobSpec(kind="lookalike", rows=300, outcome="failed", error_message="Seed index offline")
-    )
-    run = run_tap(base_config(server, tam_job_ids=[good], lookalike_job_ids=[bad]))
-    assert run.returncode == 1
-    assert bad in run.stderr
-    assert "Seed index offline" in run.stderr
-    assert "Traceback" not in run.stderr
-    assert len(run.records("tam_companies")) == 321
-    assert run.records("lookalike_companies") == []
-    assert {r["status"] for r in run.records("jobs")} == {"completed", "failed"}
-    assert run.messages[-1]["type"] == "STATE"
-
-
-def test_unknown_job_exits_nonzero_naming_it(server, run_tap):
-    good = server.add_job(JobSpec(kind="tam", rows=10))
-    missing = "00000000-0000-4000-8000-000000000000"
-    run = run_tap(base_config(server, tam_job_ids=[good, missing]))
-    assert run.returncode == 1
-    assert missing in run.stderr
-    assert "not found for this API key" in run.stderr
-    assert len(run.records("tam_companies")) == 10
-
-
-def test_cancelled_job_delivers_its_pages_and_warns(server, run_tap):
-    job = server.add_job(
-        JobSpec(kind="lookalike", rows=800, outcome="cancelled", partial_fraction=0.5)
-    )
-    run = run_tap(base_config(server, lookalike_job_ids=[job]))
-    assert run.returncode == 0, run.stderr
-    rows = run.records("lookalike_companies")
-    assert len(rows) == server.job_delivered(job) == 400
-    assert "partial" in run.stderr
-    record = run.records("jobs")[0]
-    assert record["status"] == "cancelled"
-    assert record["partial"] is True
+from openfunnel_sandbox import Faults, JobSpec
 
 
 def test_second_run_with_final_state_reads_nothing(server, run_tap):
@@ -270,102 +119,6 @@ def test_sigterm_writes_state_and_exits_nonzero(server, tmp_path, run_tap):
     assert union == set(range(1, 1501))
 
 
-def test_api_key_never_printed_even_at_debug(server, tmp_path):
-    job = server.add_job(JobSpec(kind="tam", rows=120))
-    config_path = write_json(tmp_path / "c.json", base_config(server, tam_job_ids=[job]))
-    env = tap_env() | {"TAP_OPENFUNNEL_LOGLEVEL": "DEBUG"}
-    proc = subprocess.run(
-        tap_command(config_path), capture_output=True, text=True, env=env, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "DEBUG" in proc.stderr
-    assert API_KEY not in proc.stdout
-    assert API_KEY not in proc.stderr
-
-
-def test_python_dash_m_and_discover(tmp_path, server):
-    catalog = discover(write_json(tmp_path / "c.json", base_config(server)))
-    streams = {entry["tap_stream_id"]: entry for entry in catalog["streams"]}
-    assert set(streams) == {"tam_companies", "lookalike_companies", "jobs", "credits_balance"}
-    assert streams["tam_companies"]["key_properties"] == ["job_id", "rank"]
-    assert streams["jobs"]["key_properties"] == ["job_id"]
-
-
-@pytest.mark.parametrize(("key", "code"), [(API_KEY, 0), ("of_not_the_key", 1)])
-def test_connection_test_is_one_cheap_call(server, tmp_path, key, code):
-    """--test checks the key with the balance call: no submit, no waiting."""
-    job = server.add_job(JobSpec(kind="tam", rows=10, pending_seconds=60))
-    config = base_config(server, api_key=key, tam_job_ids=[job], tam_builds=[{"query": "x"}])
-    proc = subprocess.run(
-        [*tap_command(write_json(tmp_path / "c.json", config)), "--test"],
-        capture_output=True,
-        text=True,
-        env=tap_env(),
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == code
-    assert proc.stdout == ""
-    assert [r.path for r in server.requests] == ["/api/v1/credits/balance"]
-    assert server.submit_count("tam") == 0
-    if code == 0:
-        assert "Connection test passed" in proc.stderr
-        assert "credits left" in proc.stderr
-    else:
-        assert "Authentication failed" in proc.stderr
-        assert key not in proc.stderr
-
-
-def test_credits_balance_stream_comes_first_when_selected(server, tmp_path):
-    """Meltano selects every stream and `meltano config test` stops at the first record."""
-    job = server.add_job(JobSpec(kind="tam", rows=10))
-    config_path = write_json(tmp_path / "c.json", base_config(server, tam_job_ids=[job]))
-    catalog = discover(config_path)
-    for entry in catalog["streams"]:
-        for item in entry["metadata"]:
-            if not item["breadcrumb"]:
-                item["metadata"]["selected"] = True
-    catalog_path = write_json(tmp_path / "catalog.json", catalog)
-    proc = subprocess.run(
-        [*tap_command(config_path), "--catalog", str(catalog_path)],
-        capture_output=True,
-        text=True,
-        env=tap_env(),
-        timeout=60,
-        check=True,
-    )
-    records = [m for m in parse_messages(proc.stdout) if m["type"] == "RECORD"]
-    assert records[0]["stream"] == "credits_balance"
-    assert records[0]["record"]["credits_left"] > 0
-    assert len([m for m in records if m["stream"] == "tam_companies"]) == 10
-
-
-def test_batch_mode_delivers_every_row_and_state_never_runs_ahead(server, run_tap, tmp_path):
-    job = server.add_job(JobSpec(kind="tam", rows=1234))
-    batch_config = {
-        "encoding": {"format": "jsonl", "compression": "none"},
-        "storage": {"root": f"file://{tmp_path}", "prefix": "batch-"},
-        "batch_size": 500,
-    }
-    run = run_tap(base_config(server, tam_job_ids=[job], batch_config=batch_config))
-    assert run.returncode == 0, run.stderr
-    ranks_seen: list[int] = []
-    for message in run.messages:
-        if message["type"] == "BATCH" and message["stream"] == "tam_companies":
-            for url in message["manifest"]:
-                raw = Path(url.removeprefix("file://")).read_bytes()
-                if raw[:2] == b"\x1f\x8b":  # the SDK may gzip whatever the config says
-                    raw = gzip.decompress(raw)
-                lines = raw.decode().splitlines()
-                ranks_seen += [json.loads(line)["rank"] for line in lines]
-        if message["type"] == "STATE":
-            partitions = message["value"].get("bookmarks", {}).get("tam_companies", {})
-            for partition in partitions.get("partitions", []):
-                # Every row the state says was read is already in a written batch file.
-                assert partition.get("rows_read", 0) <= len(ranks_seen)
-    assert sorted(ranks_seen) == list(range(1, 1235))
-
-
 def test_sigterm_does_not_wait_for_page_requests_in_flight(server, tmp_path):
     """Prefetch threads stuck on slow pages must not hold the exit for request_timeout."""
     job = server.add_job(JobSpec(kind="tam", rows=2000))
@@ -387,3 +140,89 @@ def test_sigterm_does_not_wait_for_page_requests_in_flight(server, tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
     assert time.monotonic() - signalled < 2.5
+
+
+def batch_ranks(messages: list[dict[str, Any]], stream: str) -> list[int]:
+    ranks: list[int] = []
+    for message in messages:
+        if message["type"] == "BATCH" and message["stream"] == stream:
+            for url in message["manifest"]:
+                raw = Path(url.removeprefix("file://")).read_bytes()
+                if raw[:2] == b"\x1f\x8b":  # the SDK may gzip whatever the config says
+                    raw = gzip.decompress(raw)
+                ranks += [json.loads(line)["rank"] for line in raw.decode().splitlines()]
+    return ranks
+
+
+@pytest.mark.parametrize("batch_size", [10_000, 500], ids=["no-file-yet", "some-files-out"])
+def test_batch_mode_sigterm_then_resume_delivers_every_rank(server, run_tap, tmp_path, batch_size):
+    """3,000 rows in 30 pages, one at a time, SIGTERM after 12 pages."""
+    server.latency = 0.03
+    job = server.add_job(JobSpec(kind="tam", rows=3000))
+    batch_config = {
+        "encoding": {"format": "jsonl", "compression": "none"},
+        "storage": {"root": f"file://{tmp_path}", "prefix": "batch-"},
+        "batch_size": batch_size,
+    }
+    config = base_config(server, tam_job_ids=[job], page_concurrency=1, batch_config=batch_config)
+    proc = subprocess.Popen(
+        tap_command(write_json(tmp_path / "c.json", config)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=tap_env(),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        pages = [r for r in server.requests if r.path.endswith(job) and r.query.get("cursor")]
+        if len(pages) >= 12:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()[-2000:]
+    messages = parse_messages(out.decode())
+    first = batch_ranks(messages, "tam_companies")
+    states = [m["value"] for m in messages if m["type"] == "STATE"]
+    state = states[-1] if states else None
+    for value in states:
+        for part in value.get("bookmarks", {}).get("tam_companies", {}).get("partitions", []):
+            # No state ever claims more rows than the announced batch files hold.
+            assert part.get("rows_read", 0) <= len(first)
+    if batch_size == 10_000:
+        assert first == []
+
+    # Resumed from that state, without batching.
+    del config["batch_config"]
+    second = run_tap(config, state=state)
+    assert second.returncode == 0, second.stderr[-2000:]
+    again = [r["rank"] for r in second.records("tam_companies")]
+    assert set(first) | set(again) == set(range(1, 3001))
+    assert len(again) == len(set(again))
+
+
+def test_randomised_kills_with_faults_then_resume_deliver_every_row(server, run_tap, tmp_path):
+    rng = random.Random(20261125)  # noqa: S311 - kill points, not secrets
+    server.latency = 0.002
+    server.faults = Faults(rate=0.15, kinds=ALL_FAULTS, retry_after=0, slow_seconds=0.05, seed=11)
+    jobs = [server.add_job(JobSpec(kind="tam", rows=rows)) for rows in (700, 420)]
+    config = base_config(server, tam_job_ids=jobs, page_concurrency=3, max_retries=12)
+    config_path = write_json(tmp_path / "c.json", config)
+    state = None
+    delivered = []
+    for attempt in range(3):
+        state_path = write_json(tmp_path / f"s{attempt}.json", state) if state else None
+        _, messages, _ = kill_after(
+            tap_command(config_path, state_path), tap_env(), records=rng.randint(1, 300)
+        )
+        delivered += [
+            m["record"]
+            for m in messages
+            if m["type"] == "RECORD" and m["stream"] == "tam_companies"
+        ]
+        states = [m["value"] for m in messages if m["type"] == "STATE"]
+        state = states[-1] if states else state
+    final = run_tap(config, state=state)
+    assert final.returncode == 0, final.stderr[-2000:]
+    delivered += final.records("tam_companies")
+    for job_id, rows in zip(jobs, (700, 420), strict=True):
+        assert {r["rank"] for r in delivered if r["job_id"] == job_id} == set(range(1, rows + 1))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support import API_KEY
+from support import API_KEY, base_config
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.settings import Settings
@@ -94,3 +95,12 @@ def test_usable_job_ids_are_kept_in_order_once():
         "abc_DEF-123",
         "x" * 128,
     )
+
+
+def test_a_misspelt_setting_is_refused_with_a_suggestion(server, run_tap):
+    job = server.add_job(JobSpec(kind="tam", rows=10))
+    run = run_tap(base_config(server, tam_jobs_ids=[job]))
+    assert run.returncode == 1
+    assert "'tam_jobs_ids' (did you mean 'tam_job_ids'?)" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert server.request_count() == 0
