@@ -58,6 +58,24 @@ def server():
 
 
 @pytest.fixture
+def polled_server():
+    """A fake server whose clock moves one second per request it has answered.
+
+    A job's life cycle then advances as the tap polls it, never with the wall clock:
+    a job pending for 1.5 s is pending for the first two polls, whatever the machine's
+    speed, and the test waits for no real second.
+    """
+    served: list[FakeOpenFunnel] = []
+
+    def clock() -> float:
+        return float(len(served[0].requests)) if served else 0.0
+
+    with FakeOpenFunnel(api_keys=(API_KEY,), seed=SEED, max_requests=20_000, clock=clock) as fake:
+        served.append(fake)
+        yield fake
+
+
+@pytest.fixture
 def run_tap(tmp_path):
     counter = {"n": 0}
 

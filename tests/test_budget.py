@@ -490,10 +490,12 @@ def test_cancel_on_interrupt(server, tmp_path, cancel):
     proc = subprocess.Popen(
         tap_command(config_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tap_env()
     )
+    # SIGTERM once the tap polls the job it submitted: it is waiting for it, and knows it.
     deadline = time.monotonic() + 20
-    while server.submit_count("tam") == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
+    while time.monotonic() < deadline and not any(
+        r.method == "GET" and r.path.startswith("/api/v1/tam/build/") for r in server.requests
+    ):
+        time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM

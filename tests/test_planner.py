@@ -180,8 +180,13 @@ def total_submits(server):
 
 def kill_when(config_path, condition):
     """SIGKILL the tap once the fake server's state meets ``condition``; return its output."""
+    return kill_command_when(tap_command(config_path), condition)
+
+
+def kill_command_when(command, condition):
+    """SIGKILL ``command`` once the fake server's state meets ``condition``; return its output."""
     proc = subprocess.Popen(
-        tap_command(config_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
     )
     deadline = time.monotonic() + 60
     while not condition() and time.monotonic() < deadline:
@@ -215,11 +220,12 @@ def kill_first_state(config_path):
     [
         pytest.param([("records", 1)], id="reading-first-page"),
         pytest.param([("records", 450), ("records", 300)], id="reading-twice"),
-        pytest.param([("seconds", 0.8)], id="while-waiting"),
-        # 0.05 s is before the imports are done. A kill inside a submit's round trip
+        # The first poll comes once both jobs are submitted, while they run.
+        pytest.param([("polls", 1)], id="while-waiting"),
+        # At once is before the imports are done. A kill inside a submit's round trip
         # (the window no API without idempotency keys closes) blocks that entry on the
         # next run instead of buying it twice: see rerun_after_kills.
-        pytest.param([("seconds", 0.05), ("records", 50), ("seconds", 1.5)], id="mixed"),
+        pytest.param([("polls", 0), ("records", 50), ("polls", 2)], id="mixed"),
     ],
 )
 def test_repeated_kills_never_submit_twice(server, run_tap, tmp_path, kill_points):
@@ -235,7 +241,8 @@ def test_repeated_kills_never_submit_twice(server, run_tap, tmp_path, kill_point
         if kind == "records":
             _, messages, _ = kill_after(command, tap_env(), records=int(amount))
         else:
-            messages = kill_after_seconds(command, amount)
+            target = job_polls(server) + amount
+            messages = kill_command_when(command, lambda n=target: job_polls(server) >= n)
         delivered += company_records(messages)
         states = [m["value"] for m in messages if m["type"] == "STATE"]
         state = states[-1] if states else state
@@ -249,14 +256,13 @@ def test_repeated_kills_never_submit_twice(server, run_tap, tmp_path, kill_point
     assert {r["rank"] for r in delivered if "company_size" in r} == set(range(1, 301))
 
 
-def kill_after_seconds(command, seconds):
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
+def job_polls(server):
+    """How many polls of a job (its status and first page) the server has answered."""
+    return sum(
+        1
+        for r in server.requests
+        if r.method == "GET" and "/credits/" not in r.path and not r.query.get("cursor")
     )
-    time.sleep(seconds)
-    proc.send_signal(signal.SIGKILL)
-    out, _ = proc.communicate(timeout=30)
-    return parse_messages(out.decode())
 
 
 def test_remembered_job_gone_is_submitted_again(server, run_tap):

@@ -119,27 +119,39 @@ def test_sigterm_writes_state_and_exits_nonzero(server, tmp_path, run_tap):
     assert union == set(range(1, 1501))
 
 
-def test_sigterm_does_not_wait_for_page_requests_in_flight(server, tmp_path):
+def test_sigterm_does_not_wait_for_page_requests_in_flight(server, tmp_path, monkeypatch):
     """Prefetch threads stuck on slow pages must not hold the exit for request_timeout."""
     job = server.add_job(JobSpec(kind="tam", rows=2000))
-    server.latency = 4.0
     config = base_config(server, tam_job_ids=[job], page_concurrency=4, request_timeout=60)
+    # Every page after the first is held until the tap has exited: a tap that waited for
+    # its requests in flight would never exit, and proc.wait below would time out.
+    exited = threading.Event()
+    handle = server.handle
+
+    def hold_later_pages(exchange):
+        if exchange.query.get("cursor"):
+            exited.wait(90)
+        return handle(exchange)
+
+    monkeypatch.setattr(server, "handle", hold_later_pages)
     proc = subprocess.Popen(
         tap_command(write_json(tmp_path / "c.json", config)),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=tap_env(),
     )
-    assert proc.stdout is not None
-    for line in proc.stdout:  # the first company record: page requests are now in flight
-        if b'"tam_companies"' in line and b'"RECORD"' in line:
-            break
-    signalled = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    proc.stdout.read()
-    proc.wait(timeout=60)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the first company record: page requests are now in flight
+            if b'"tam_companies"' in line and b'"RECORD"' in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.stdout.read()
+        proc.wait(timeout=30)
+    finally:
+        exited.set()
+        proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
-    assert time.monotonic() - signalled < 2.5
 
 
 def batch_ranks(messages: list[dict[str, Any]], stream: str) -> list[int]:
