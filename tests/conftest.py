@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import in_process
 import pytest
-from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
+from support import API_KEY, run_command, tap_command, write_json
 
 from openfunnel_sandbox import FakeOpenFunnel
 
@@ -21,9 +22,18 @@ SEED = 0
 _SESSION_STATE_HOME = pytest.StashKey[tuple]()
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--tap-subprocess",
+        action="store_true",
+        help="Run the tap as a process in every test, not in the test process where it can.",
+    )
+
+
 def pytest_configure(config):
     """Before collection: code that builds a tap at import or in a class-scoped fixture
     (the SDK's suite) finds a private XDG_STATE_HOME too, never the user's home."""
+    in_process.ENABLED = not config.getoption("--tap-subprocess")
     folder = tempfile.mkdtemp(prefix="tap-openfunnel-tests-state-")
     config.stash[_SESSION_STATE_HOME] = (folder, os.environ.get("XDG_STATE_HOME"))
     os.environ["XDG_STATE_HOME"] = folder
@@ -38,6 +48,16 @@ def pytest_unconfigure(config):
     else:
         os.environ["XDG_STATE_HOME"] = before
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end tests share Meltano's plugin folders and, per worker, a PostgreSQL
+    cluster: under pytest-xdist they form one group, run in order on one worker, while
+    the other workers take the quick tests."""
+    e2e_folder = Path(__file__).parent / "e2e"
+    for item in items:
+        if item.get_closest_marker("e2e") or e2e_folder in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 @pytest.fixture(autouse=True)
@@ -85,15 +105,7 @@ def run_tap(tmp_path):
         state_path = None
         if state is not None:
             state_path = write_json(tmp_path / f"state{counter['n']}.json", state)
-        proc = subprocess.run(
-            tap_command(config_path, state_path),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=tap_env(),
-            check=False,
-        )
-        return TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
+        return run_command(tap_command(config_path, state_path), timeout=timeout)
 
     return run
 

@@ -9,7 +9,6 @@ not as a hung test.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import zlib
@@ -18,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
+from support import API_KEY, TapRun, run_command, tap_command, write_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,15 +41,8 @@ def run_tap_against(
     """Run the tap's CLI against ``api`` with FAST polls and ``settings``; its output parsed."""
     config = {"api_key": API_KEY, "api_url": api.url, **FAST, **settings}
     state_path = None if state is None else write_json(tmp_path / "state.json", state)
-    proc = subprocess.run(
-        [*prefix, *tap_command(write_json(tmp_path / "config.json", config), state_path)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=tap_env(),
-        check=False,
-    )
-    return TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
+    command = [*prefix, *tap_command(write_json(tmp_path / "config.json", config), state_path)]
+    return run_command(command, timeout=90)
 
 
 def page_name(index: int) -> str:
