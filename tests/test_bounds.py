@@ -67,7 +67,10 @@ def serve():
         handler = type("Handler", (_Body,), {"body": body})
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        # A short poll interval makes shutdown quick: it waits for one poll.
+        threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         servers.append(httpd)
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
         return OpenFunnelClient(api_url=url, api_key=API_KEY, timeout=30, max_bytes=MIB)

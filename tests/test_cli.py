@@ -221,7 +221,10 @@ def balance_server():
     def serve(raw: bytes):
         handler = type("Handler", (_BalanceOnly,), {"body": raw, "seen": []})
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        # A short poll interval makes shutdown quick: it waits for one poll.
+        threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         servers.append(httpd)
         return f"http://127.0.0.1:{httpd.server_address[1]}", handler.seen
 

@@ -121,7 +121,7 @@ def test_redirects_are_not_followed_so_the_key_stays_home(server, run_tap):
 
 
 def test_read_timeouts_are_retried(server, sleeps):
-    server.faults = Faults(rate=0.8, kinds=("slow",), seed=1, slow_seconds=1.0)
+    server.faults = Faults(rate=0.5, kinds=("slow",), seed=1, slow_seconds=0.6)
     client = OpenFunnelClient(
         api_url=server.url,
         api_key=API_KEY,
