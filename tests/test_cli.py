@@ -15,6 +15,7 @@ from support import (
     API_KEY,
     base_config,
     discover,
+    run_command,
     tap_command,
     tap_env,
     write_json,
@@ -32,9 +33,7 @@ from tap_openfunnel.tap import TapOpenFunnel
 
 def run_cli(tmp_path, config, *args, timeout=60):
     command = [*tap_command(write_json(tmp_path / "config.json", config)), *args]
-    return subprocess.run(
-        command, capture_output=True, text=True, env=tap_env(), timeout=timeout, check=False
-    )
+    return run_command(command, timeout=timeout)
 
 
 def closed_port() -> int:
