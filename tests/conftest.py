@@ -7,12 +7,12 @@ import shutil
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import in_process
 import pytest
 from support import API_KEY, run_command, tap_command, write_json
+from xdist.scheduler import LoadScopeScheduling
 
 from openfunnel_sandbox import FakeOpenFunnel
 
@@ -50,14 +50,30 @@ def pytest_unconfigure(config):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(config, items):
-    """The end-to-end tests share Meltano's plugin folders and, per worker, a PostgreSQL
-    cluster: under pytest-xdist they form one group, run in order on one worker, while
-    the other workers take the quick tests."""
-    e2e_folder = Path(__file__).parent / "e2e"
-    for item in items:
-        if item.get_closest_marker("e2e") or e2e_folder in item.path.parents:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+class _EndToEndTogether(LoadScopeScheduling):
+    """pytest-xdist's scheduling with the end-to-end tests as one unit of work.
+
+    They share Meltano's project folders (``.meltano/run``) and, per worker, a
+    PostgreSQL cluster: they run in order on one worker, while the other workers take
+    the quick tests one by one. (``--dist loadgroup`` would say the same with marks,
+    but pytest-xdist 3.8 cannot tag pytest 9's node ids with their group.)
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        if nodeid.startswith(_TOGETHER):
+            return "end-to-end"
+        return nodeid
+
+
+# The Meltano runs: tests/e2e/, and the README's blocks (test_readme.py).
+_TOGETHER = ("tests/e2e/", "tests/test_readme.py::")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None  # a --dist the caller chose
+    return _EndToEndTogether(config, log)
 
 
 @pytest.fixture(autouse=True)
