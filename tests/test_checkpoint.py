@@ -8,7 +8,8 @@ import subprocess
 from typing import Any
 
 import pytest
-from support import base_config, tap_command, tap_env, write_json
+from hostile import BAD, GOOD, HostileAPI, HostileJob, assert_clean, run_against
+from support import API_KEY, base_config, tap_command, tap_env, write_json
 
 from openfunnel_sandbox import JobSpec
 from tap_openfunnel.checkpoint import Checkpoint, Position, state_problem
@@ -247,3 +248,77 @@ def test_unreadable_state_file_is_a_clear_error(server, tmp_path):
     assert proc.returncode == 1
     assert "not valid JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+BAD_STATES = [
+    pytest.param([], "a JSON list, not an object", id="list"),
+    pytest.param({"bookmarks": []}, "'bookmarks' is not an object", id="bookmarks-list"),
+    pytest.param(
+        {"bookmarks": {"tam_companies": []}}, "tam_companies is not an object", id="entry"
+    ),
+    pytest.param(
+        {"bookmarks": {"tam_companies": {"partitions": {}}}}, "partitions is not a list", id="parts"
+    ),
+    pytest.param(
+        {"bookmarks": {"tam_companies": {"partitions": [{"next_cursor": "page_0001"}]}}},
+        "partitions[0] has no 'context' object",
+        id="no-context",
+    ),
+    pytest.param(
+        {
+            "bookmarks": {
+                "tam_companies": {
+                    "partitions": [{"context": {"job_id": GOOD}, "rows_read": "many"}]
+                }
+            }
+        },
+        'partitions[0].rows_read is "many"',
+        id="rows-read",
+    ),
+    pytest.param(
+        {"bookmarks": {"jobs": {"partitions": [{"context": {"job_id": GOOD}, "done": "yes"}]}}},
+        "bookmarks.jobs.partitions[0].done",
+        id="done",
+    ),
+]
+
+
+@pytest.mark.parametrize(("state", "needle"), BAD_STATES)
+def test_a_state_of_the_wrong_shape_is_refused_with_a_way_out(tmp_path, state, needle):
+    with HostileAPI({GOOD: HostileJob()}, api_key=API_KEY) as api:
+        run = run_against(api, tmp_path, state=state)
+        served = len(api.served)
+    assert run.returncode == 1
+    assert needle in run.stderr
+    assert "meltano state clear" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert served == 0
+
+
+def test_a_state_cursor_the_api_does_not_know_is_named(tmp_path):
+    state = {
+        "bookmarks": {
+            "tam_companies": {
+                "partitions": [
+                    {"context": {"job_id": BAD}, "next_cursor": "page_0099", "rows_read": 9900}
+                ]
+            }
+        }
+    }
+    jobs = {GOOD: HostileJob(), BAD: HostileJob(rows=300, pathology="unknown_cursor")}
+    with HostileAPI(jobs, api_key=API_KEY) as api:
+        api.jobs[BAD].pathology = None
+        original = api.answer
+
+        def answer(job_id: str, cursor: str | None):
+            if job_id == BAD and cursor == "page_0099":
+                return 404, {}, {"detail": "Not Found"}
+            return original(job_id, cursor)
+
+        api.answer = answer  # type: ignore[method-assign]
+        run = run_against(api, tmp_path, state=state)
+    assert run.returncode == 1
+    assert "page 'page_0099'" in run.stderr
+    assert "the job itself is fine" in run.stderr
+    assert "Remove it from the config" not in run.stderr
+    assert_clean(run)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 
 import pytest
+from hostile import BAD, GOOD, HostileAPI, HostileJob, assert_clean, run_against
 from support import ALL_FAULTS, API_KEY, base_config
 
 from openfunnel_sandbox import FakeOpenFunnel, Faults, JobSpec
@@ -137,3 +139,38 @@ def test_read_timeouts_are_retried(server, sleeps):
         threading.Event().wait(0.05)
     slow = [r for r in server.requests if r.fault == "slow"]
     assert len(slow) == len(sleeps)  # every answer that came too late was retried
+
+
+ONE_JOB = [
+    pytest.param("page_404", 1, "HTTP 404", id="page-404"),
+    pytest.param("rows_not_list", 1, "'rows' of type str", id="rows-not-a-list"),
+    # One value nested 100,000 deep costs that value, not the page (bounds: nesting).
+    pytest.param("deep_nesting", 0, "nested more than 500 levels", id="deep-nesting"),
+    pytest.param("html", 1, "incomplete JSON body", id="html-instead-of-json"),
+    pytest.param("redirect", 1, "a redirect to 203.0.113.9", id="redirect-elsewhere"),
+    # request_timeout at its minimum, 1 s: each attempt is cut at its deadline.
+    pytest.param("trickle", 1, "within request_timeout (1 s)", id="trickled-body"),
+    pytest.param("retry_after_nan", 0, None, id="retry-after-nan"),
+    pytest.param("retry_after_huge", 0, None, id="retry-after-huge"),
+]
+
+
+@pytest.mark.parametrize(("pathology", "code", "needle"), ONE_JOB)
+def test_a_bad_answer_fails_its_job_and_the_others_are_delivered(tmp_path, pathology, code, needle):
+    jobs = {GOOD: HostileJob(), BAD: HostileJob(rows=300, pathology=pathology)}
+    timeout = 1 if pathology == "trickle" else 2
+    with HostileAPI(jobs, api_key=API_KEY) as api:
+        run = run_against(api, tmp_path, page_concurrency=1, request_timeout=timeout)
+    assert run.returncode == code, run.stderr[-3000:]
+    if needle is not None:
+        assert needle in run.stderr
+    if needle is not None and code:
+        assert BAD in run.stderr.splitlines()[-1]
+    assert_clean(run)
+    bad = sorted(r["rank"] for r in run.records("tam_companies") if r["job_id"] == BAD)
+    assert bad == list(range(1, (300 if code == 0 else 100) + 1))
+    assert "nan s" not in run.stderr
+    # A bad answer is given up after its retries (max_retries 2): no request is sent
+    # more than three times, the trickled page's included (its deadline is the needle).
+    sent = Counter((served.path, served.cursor) for served in api.served)
+    assert max(sent.values()) <= 3, sent.most_common(3)

@@ -6,9 +6,8 @@ import json
 import math
 
 import pytest
-from hostile import HostileAPI, HostileJob
+from hostile import BAD, GOOD, HostileAPI, HostileJob, assert_clean, run_against
 from support import API_KEY, base_config, discover, write_json
-from test_hostile import BAD, GOOD, assert_clean, run_against
 
 from openfunnel_sandbox import JobSpec
 from tap_openfunnel import logs

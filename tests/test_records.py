@@ -7,10 +7,11 @@ import logging
 from pathlib import Path
 
 import pytest
+from hostile import BAD, GOOD, HostileAPI, HostileJob, assert_clean, run_against
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
-from support import base_config, spec
+from support import API_KEY, base_config, spec
 
 from tap_openfunnel.exceptions import MalformedPageError
 from tap_openfunnel.pagination import Page
@@ -202,3 +203,24 @@ def test_malformed_pages_never_crash_and_records_match_the_schema(body):
         text.encode("utf-8")  # no lone surrogate survives
         assert "\x00" not in text
         assert record["rank"] == index
+
+
+def test_odd_values_become_safe_records(tmp_path):
+    odd = HostileJob(
+        rows=120,
+        text="Acme\ud800 \x00Corp",
+        row_values={"industries": ["A\x00", None, "\udfff"], "employee_count": True},
+        body_extra={"progress_message": f"done for {API_KEY}", "error_message": API_KEY},
+        manifest_pages=True,  # not a count
+    )
+    with HostileAPI({GOOD: HostileJob(), BAD: odd}, api_key=API_KEY) as api:
+        run = run_against(api, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_clean(run)
+    first = next(r for r in run.records("tam_companies") if r["job_id"] == BAD and r["rank"] == 1)
+    assert first["name"] == "Acme\ufffd Corp"
+    assert first["industries"] == ["A", "\ufffd"]
+    assert first["employee_count"] is None
+    (job,) = [r for r in run.records("jobs") if r["job_id"] == BAD]
+    assert job["progress_message"] == "done for ***"
+    assert job["error_message"] == "***"
