@@ -51,7 +51,7 @@ def pytest_unconfigure(config):
 
 
 class _EndToEndTogether(LoadScopeScheduling):
-    """pytest-xdist's scheduling with the end-to-end tests as one unit of work.
+    """pytest-xdist's scheduling with the end-to-end tests, and each test class, one unit.
 
     They share Meltano's project folders (``.meltano/run``) and, per worker, a
     PostgreSQL cluster: they run in order on one worker, while the other workers take
@@ -62,6 +62,10 @@ class _EndToEndTogether(LoadScopeScheduling):
     def _split_scope(self, nodeid: str) -> str:
         if nodeid.startswith(_TOGETHER):
             return "end-to-end"
+        if nodeid.count("::") > 1:
+            # A test class (the SDK's suite) shares class-scoped fixtures, its one sync
+            # among them, and runs in its own order: one unit too.
+            return nodeid.rsplit("::", 1)[0]
         return nodeid
 
 
