@@ -258,7 +258,7 @@ class PageReader:
     :meth:`pages`, in :meth:`_decode`, the one place a page's answer becomes a page.
     Objects built in a worker thread are allocated in that thread's own malloc arena and
     freed from another; decoding there left each worker's arena holding decoded pages'
-    leftovers, the suspected source of issue 12's native memory growth
+    leftovers, the suspected source of the native memory growth of long runs
     (docs/benchmarks.md).
 
     Args:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 from typing import Any
 
+import in_process
 import pytest
-from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
+from support import API_KEY, run_command, tap_command, write_json
+from xdist.scheduler import LoadScopeScheduling
 
 from openfunnel_sandbox import FakeOpenFunnel
 
@@ -21,9 +22,18 @@ SEED = 0
 _SESSION_STATE_HOME = pytest.StashKey[tuple]()
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--tap-subprocess",
+        action="store_true",
+        help="Run the tap as a process in every test, not in the test process where it can.",
+    )
+
+
 def pytest_configure(config):
     """Before collection: code that builds a tap at import or in a class-scoped fixture
     (the SDK's suite) finds a private XDG_STATE_HOME too, never the user's home."""
+    in_process.ENABLED = not config.getoption("--tap-subprocess")
     folder = tempfile.mkdtemp(prefix="tap-openfunnel-tests-state-")
     config.stash[_SESSION_STATE_HOME] = (folder, os.environ.get("XDG_STATE_HOME"))
     os.environ["XDG_STATE_HOME"] = folder
@@ -38,6 +48,36 @@ def pytest_unconfigure(config):
     else:
         os.environ["XDG_STATE_HOME"] = before
     shutil.rmtree(folder, ignore_errors=True)
+
+
+class _EndToEndTogether(LoadScopeScheduling):
+    """pytest-xdist's scheduling with the end-to-end tests, and each test class, one unit.
+
+    They share Meltano's project folders (``.meltano/run``) and, per worker, a
+    PostgreSQL cluster: they run in order on one worker, while the other workers take
+    the quick tests one by one. (``--dist loadgroup`` would say the same with marks,
+    but pytest-xdist 3.8 cannot tag pytest 9's node ids with their group.)
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        if nodeid.startswith(_TOGETHER):
+            return "end-to-end"
+        if nodeid.count("::") > 1:
+            # A test class (the SDK's suite) shares class-scoped fixtures, its one sync
+            # among them, and runs in its own order: one unit too.
+            return nodeid.rsplit("::", 1)[0]
+        return nodeid
+
+
+# The Meltano runs: tests/e2e/, and the README's blocks (test_readme.py).
+_TOGETHER = ("tests/e2e/", "tests/test_readme.py::")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None  # a --dist the caller chose
+    return _EndToEndTogether(config, log)
 
 
 @pytest.fixture(autouse=True)
@@ -58,6 +98,24 @@ def server():
 
 
 @pytest.fixture
+def polled_server():
+    """A fake server whose clock moves one second per request it has answered.
+
+    A job's life cycle then advances as the tap polls it, never with the wall clock:
+    a job pending for 1.5 s is pending for the first two polls, whatever the machine's
+    speed, and the test waits for no real second.
+    """
+    served: list[FakeOpenFunnel] = []
+
+    def clock() -> float:
+        return float(len(served[0].requests)) if served else 0.0
+
+    with FakeOpenFunnel(api_keys=(API_KEY,), seed=SEED, max_requests=20_000, clock=clock) as fake:
+        served.append(fake)
+        yield fake
+
+
+@pytest.fixture
 def run_tap(tmp_path):
     counter = {"n": 0}
 
@@ -67,15 +125,7 @@ def run_tap(tmp_path):
         state_path = None
         if state is not None:
             state_path = write_json(tmp_path / f"state{counter['n']}.json", state)
-        proc = subprocess.run(
-            tap_command(config_path, state_path),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=tap_env(),
-            check=False,
-        )
-        return TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
+        return run_command(tap_command(config_path, state_path), timeout=timeout)
 
     return run
 

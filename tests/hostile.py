@@ -1,15 +1,21 @@
-"""A small, deliberately pathological OpenFunnel on loopback, for tests/test_hostile.py.
+"""A small, deliberately pathological OpenFunnel on loopback, and the contract of a run on it.
 
 It is not the sandbox: it serves completed TAM jobs only, and each job can be given a
 pathology that a broken or hostile API might show. It refuses to serve for ever: past
 ``max_requests`` it answers 410, so a tap that loops shows up as a failed assertion,
 not as a hung test.
+
+The tests of each concern (client, pagination, records, bounds, settings, checkpoint)
+run the real CLI with one sound job (``GOOD``, 250 rows) beside one pathological job
+(``BAD``). Whatever the pathology, the run must end on its own, print no traceback and
+never the key, emit no (job_id, rank) twice and no company under two ranks, and still
+deliver the sound job whole (:func:`assert_clean`).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -18,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-from support import API_KEY, TapRun, parse_messages, tap_command, tap_env, write_json
+from support import API_KEY, TapRun, run_command, tap_command, write_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,15 +48,8 @@ def run_tap_against(
     """Run the tap's CLI against ``api`` with FAST polls and ``settings``; its output parsed."""
     config = {"api_key": API_KEY, "api_url": api.url, **FAST, **settings}
     state_path = None if state is None else write_json(tmp_path / "state.json", state)
-    proc = subprocess.run(
-        [*prefix, *tap_command(write_json(tmp_path / "config.json", config), state_path)],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env=tap_env(),
-        check=False,
-    )
-    return TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
+    command = [*prefix, *tap_command(write_json(tmp_path / "config.json", config), state_path)]
+    return run_command(command, timeout=90)
 
 
 def page_name(index: int) -> str:
@@ -159,7 +158,10 @@ class HostileAPI:
         handler = type("Handler", (_Handler,), {"api": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # A short poll interval makes __exit__ quick: shutdown waits for one poll.
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> Self:
         self.thread.start()
@@ -327,3 +329,72 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, status: int, body: Streamed) -> None:
         send_streamed(self, status, body, content_type="application/json")
+
+
+GOOD = "good-job"
+
+
+BAD = "bad-job"
+
+
+# Runs the tap as its only child and reports the child's peak memory (KiB on Linux).
+MEASURED = (
+    sys.executable,
+    "-c",
+    (
+        "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+        "print(f'PEAK_RSS_KIB {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}', "
+        "file=sys.stderr); sys.exit(code)"
+    ),
+)
+
+
+def run_against(
+    api: HostileAPI, tmp_path, prefix: tuple[str, ...] = (), **overrides: Any
+) -> TapRun:
+    state = overrides.pop("state", None)
+    return run_tap_against(
+        api,
+        tmp_path,
+        state=state,
+        prefix=prefix,
+        **{"tam_job_ids": [GOOD, BAD], "max_retries": 2, "request_timeout": 2, **overrides},
+    )
+
+
+def assert_clean(run: TapRun) -> None:
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert API_KEY not in run.stdout + run.stderr
+    records = run.records("tam_companies")
+    keys = [(r["job_id"], r["rank"]) for r in records]
+    assert len(keys) == len(set(keys)), "a (job_id, rank) was emitted twice"
+    for job_id in {r["job_id"] for r in records}:
+        domains = [r["domain"] for r in records if r["job_id"] == job_id]
+        assert len(domains) == len(set(domains)), f"{job_id}: a company under two ranks"
+        ranks = sorted(r["rank"] for r in records if r["job_id"] == job_id)
+        assert ranks == list(range(1, len(ranks) + 1)), f"{job_id}: ranks have a gap"
+    good = sorted(r["rank"] for r in records if r["job_id"] == GOOD)
+    assert good == list(range(1, 251)), "the sound job was not delivered whole"
+
+
+def answer_page(api: HostileAPI, index: int, reply) -> None:
+    """Make page ``index`` of the bad job answer ``reply(status, headers, body)``."""
+    original = api.answer
+
+    def answer(job_id: str, cursor: str | None):
+        sent = original(job_id, cursor)
+        return reply(*sent) if job_id == BAD and page_number(cursor) == index else sent
+
+    api.answer = answer  # type: ignore[method-assign]
+
+
+def bad_records(run: TapRun) -> list[dict[str, Any]]:
+    return [r for r in run.records("tam_companies") if r["job_id"] == BAD]
+
+
+def with_text(body: dict[str, Any], **texts: str) -> str:
+    """The body as JSON, each string "<NAME>" replaced by the raw JSON text given."""
+    raw = json.dumps(body)
+    for name, text in texts.items():
+        raw = raw.replace(f'"<{name}>"', text)
+    return raw

@@ -10,14 +10,25 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from pathlib import Path
+import in_process
 
+from openfunnel_sandbox import JobSpec
+
+if TYPE_CHECKING:
     from openfunnel_sandbox import FakeOpenFunnel
 
 API_KEY = "of_test_key_5f3c9a"  # a fake key; tests check it never leaks
+# Every fault the fake server can inject into an answer.
+ALL_FAULTS = ("429", "429_date", "429_body", "500", "502", "503", "drop", "cutoff", "slow")
+
+
+def spec(rows: int = 250, **quirks_and_more: Any) -> JobSpec:
+    """A TAM job of ``rows`` rows whose answers have the given quirks."""
+    quirks = quirks_and_more.pop("quirks", ())
+    return JobSpec(kind="tam", rows=rows, quirks=frozenset(quirks), **quirks_and_more)
 
 
 def base_config(server: FakeOpenFunnel, **overrides: Any) -> dict[str, Any]:
@@ -53,6 +64,11 @@ class TapRun:
         return self.states[-1] if self.states else None
 
 
+def ranks(records: list[dict[str, Any]], job_id: str) -> list[int]:
+    """The ranks of one job's records, in order."""
+    return sorted(r["rank"] for r in records if r["job_id"] == job_id)
+
+
 def parse_messages(stdout: str) -> list[dict[str, Any]]:
     """Complete Singer lines only: a process killed mid-write may leave half a line."""
     messages = []
@@ -69,6 +85,23 @@ def tap_command(config_path: Path, state_path: Path | None = None) -> list[str]:
     if state_path is not None:
         command += ["--state", str(state_path)]
     return command
+
+
+def run_command(command: list[str], timeout: float = 120) -> TapRun:
+    """Run the tap's ``command``: in this process unless it needs one of its own.
+
+    The tap's own command (``tap_command``) runs in process (tests/in_process.py); a
+    command that wraps it (a memory probe, say) runs as a process, as does everything
+    under ``pytest --tap-subprocess``.
+    """
+    prefix = tap_command(Path())[:3]
+    if in_process.ENABLED and command[:3] == prefix:
+        code, out, err = in_process.run_cli(command[3:])
+        return TapRun(code, out, err, parse_messages(out))
+    proc = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=tap_env(), check=False
+    )
+    return TapRun(proc.returncode, proc.stdout, proc.stderr, parse_messages(proc.stdout))
 
 
 def tap_env() -> dict[str, str]:

@@ -10,7 +10,21 @@ from typing import Any
 
 import pytest
 import requests
-from hostile import Streamed, gzip_bomb, send_streamed
+from hostile import (
+    BAD,
+    GOOD,
+    MEASURED,
+    HostileAPI,
+    HostileJob,
+    Streamed,
+    answer_page,
+    assert_clean,
+    bad_records,
+    gzip_bomb,
+    run_against,
+    send_streamed,
+    with_text,
+)
 from support import API_KEY
 
 from tap_openfunnel import logs
@@ -67,7 +81,10 @@ def serve():
         handler = type("Handler", (_Body,), {"body": body})
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        # A short poll interval makes shutdown quick: it waits for one poll.
+        threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         servers.append(httpd)
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
         return OpenFunnelClient(api_url=url, api_key=API_KEY, timeout=30, max_bytes=MIB)
@@ -294,3 +311,112 @@ def test_a_redirect_target_is_quoted_escaped(location, named):
         client.validate_response(response, "/api/v1/tam/build/j")
     assert named in str(caught.value)
     assert "\x1b" not in str(caught.value)
+
+
+def test_a_gzip_bomb_is_given_up_at_the_bound_in_bounded_memory(tmp_path):
+    # 1 MiB of gzip that inflates to 768 MiB, made while it is sent.
+    bomb = Streamed(gzip_bomb(768 << 20))
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, 1, lambda *_: (200, {}, bomb))
+        run = run_against(api, tmp_path, prefix=MEASURED, page_concurrency=1, max_response_mib=2)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "larger than 2 MiB once decompressed" in run.stderr
+    assert "'max_response_mib'" in run.stderr
+    assert BAD in run.stderr.splitlines()[-2]
+    assert_clean(run)
+    assert [r["rank"] for r in bad_records(run)] == list(range(1, 101))
+    peak_kib = int(run.stderr.rsplit("PEAK_RSS_KIB ", 1)[1].split()[0])
+    # Reading the whole body would hold 768 MiB; the tap itself needs about 100.
+    assert peak_kib < 300 * 1024, f"peak {peak_kib} KiB"
+
+
+def test_one_huge_integer_costs_that_value_not_the_page(tmp_path):
+    huge = "9" * 5000
+
+    def reply(status, headers, body):
+        body["rows"][0] = {**body["rows"][0], "employee_count": "<HUGE>", "score_x": "<HUGE>"}
+        return status, headers, with_text(body, HUGE=huge)
+
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, 0, reply)  # the first page comes with the poll
+        answer_page(api, 1, reply)  # the others are read as pages
+        run = run_against(api, tmp_path, page_concurrency=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_clean(run)
+    records = bad_records(run)
+    assert [r["rank"] for r in records] == list(range(1, 301))
+    for rank in (1, 101):
+        assert records[rank - 1]["employee_count"] is None
+        assert records[rank - 1]["_extra"] == {"score_x": None}
+    assert records[1]["employee_count"] == 2
+    assert "integer(s) of more than 4300 digits were read as null" in run.stderr
+    assert f"Job {BAD}, page page_0001" in run.stderr
+
+
+def test_the_key_never_reaches_a_record_wherever_the_server_puts_it(tmp_path):
+    # The key as JSON can spell it: plainly, or with each letter escaped.
+    escaped = '"' + "".join(f"\\u{ord(c):04x}" for c in API_KEY) + '"'
+
+    def reply(status, headers, body):
+        body["rows"][0] = {
+            **body["rows"][0],
+            "name": f"Acme {API_KEY}",
+            "headquarters": "<ESCAPED>",
+            API_KEY: "a field named after the key",
+            "notes": {"deep": [f"x{API_KEY}y"]},
+        }
+        body["page_note"] = f"top level {API_KEY}"
+        return status, headers, with_text(body, ESCAPED=escaped)
+
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, 0, reply)
+        answer_page(api, 2, reply)
+        run = run_against(api, tmp_path, page_concurrency=3)
+    assert API_KEY not in run.stdout + run.stderr
+    assert_clean(run)
+    records = bad_records(run)
+    assert len(records) == 300
+    for rank in (1, 201):
+        first = records[rank - 1]
+        assert first["name"] == "Acme ***"
+        assert first["headquarters"] == "***"
+        assert first["_extra"] == {
+            "***": "a field named after the key",
+            "notes": {"deep": ["x***y"]},
+        }
+
+
+def test_a_cursor_holding_the_key_fails_its_job_and_is_never_written(tmp_path):
+    def reply(status, headers, body):
+        return status, headers, {**body, "next_cursor": f"page_0002?k={API_KEY}"}
+
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, 1, reply)
+        run = run_against(api, tmp_path, page_concurrency=1)
+        asked = [s.cursor for s in api.served if s.path.endswith(BAD)]
+    assert run.returncode == 1
+    assert "holds the API key" in run.stderr
+    assert_clean(run)
+    assert len(bad_records(run)) == 100
+    assert all(API_KEY not in (cursor or "") for cursor in asked)
+
+
+def test_api_text_cannot_forge_or_flood_a_log_line(tmp_path):
+    forged = "2026-12-04 ERROR all jobs done"
+    detail = f"gone\n{forged}\x1b[2J\u202e" + "x" * 100_000
+
+    def reply(*_):
+        return 404, {}, {"detail": detail}
+
+    jobs = {GOOD: HostileJob(), BAD: HostileJob(rows=300, body_extra={"progress_message": detail})}
+    with HostileAPI(jobs, api_key=API_KEY) as api:
+        answer_page(api, 1, reply)
+        run = run_against(api, tmp_path, page_concurrency=1)
+    assert run.returncode == 1
+    assert_clean(run)
+    lines = run.stderr.splitlines()
+    assert not any(line.startswith(forged) for line in lines)
+    assert "\x1b" not in run.stderr
+    assert "\u202e" not in run.stderr
+    assert f"gone\\x0a{forged}\\x1b[2J\\u202e" in run.stderr
+    assert max(len(line) for line in lines) < 2000

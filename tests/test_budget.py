@@ -11,12 +11,23 @@ import json
 import logging
 import math
 import random
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from support import API_KEY, FakeClock
+from support import (
+    API_KEY,
+    FakeClock,
+    base_config,
+    tap_command,
+    tap_env,
+    write_json,
+)
 
+from openfunnel_sandbox import FakeOpenFunnel, JobSpec
 from tap_openfunnel.budget import BudgetGuard, cap_setting, credit_amount, unreadable
 from tap_openfunnel.checkpoint import Checkpoint
 from tap_openfunnel.entries import parse_entries
@@ -41,6 +52,9 @@ HOSTILE = [
     pytest.param([100], "a list", id="list"),
     pytest.param(None, "missing", id="missing"),
 ]
+
+
+TAM_QUERY = "observability vendors in Europe"
 
 
 @dataclass
@@ -432,3 +446,67 @@ def test_a_cancelled_build_whose_processed_lies_is_not_printed_as_a_count(value,
         assert run.wait("cfg-1") is not None
     [line] = [r.getMessage() for r in caplog.records if "was cancelled" in r.getMessage()]
     assert f"(processed {named}" in line
+
+
+def test_lookalike_limit_above_max_credits_is_refused(server, run_tap):
+    config = base_config(server, lookalike_searches=[{"query": "a", "limit": 500}], max_credits=200)
+    run = run_tap(config)
+    assert run.returncode != 0
+    assert "max_credits" in run.stderr
+    assert "Nothing was submitted" in run.stderr
+    assert server.submit_count("lookalike") == 0
+
+
+def test_balance_too_low_is_refused(run_tap):
+    with FakeOpenFunnel(api_keys=(API_KEY,), credits_total=100) as poor:
+        run = run_tap(base_config(poor, lookalike_searches=[{"query": "a", "limit": 500}]))
+        assert run.returncode != 0
+        assert "100 credits left" in run.stderr
+        assert poor.submit_count("lookalike") == 0
+
+
+def test_tam_build_over_max_credits_is_cancelled_and_delivered_rows_extracted(server, run_tap):
+    server.submit_defaults["tam"] = JobSpec(
+        kind="tam", rows=3000, running_seconds=3.0, bands_total=6
+    )
+    config = base_config(server, tam_builds=[{"query": TAM_QUERY}], max_credits=900)
+    run = run_tap(config)
+    assert run.returncode == 0, run.stderr
+    assert "cancelling the build" in run.stderr
+    job = run.records("jobs")[0]
+    assert job["status"] == "cancelled"
+    assert job["partial"] is True
+    rows = run.records("tam_companies")
+    assert 0 < len(rows) < 3000
+    assert len(rows) == server.job_delivered(job["job_id"])
+    assert server.request_count("POST", "/api/v1/tam/build/") == 1  # one cancel
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+def test_cancel_on_interrupt(server, tmp_path, cancel):
+    server.submit_defaults["tam"] = JobSpec(kind="tam", rows=500, running_seconds=30)
+    config = base_config(server, tam_builds=[{"query": TAM_QUERY}], cancel_on_interrupt=cancel)
+    config_path = write_json(tmp_path / "c.json", config)
+    proc = subprocess.Popen(
+        tap_command(config_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tap_env()
+    )
+    # SIGTERM once the tap polls the job it submitted: it is waiting for it, and knows it.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(
+        r.method == "GET" and r.path.startswith("/api/v1/tam/build/") for r in server.requests
+    ):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM
+    job_id = next(
+        r.path.split("/")[5]
+        for r in server.requests
+        if r.method == "GET" and r.path.startswith("/api/v1/tam/build/")
+    )
+    status = server.job_status(job_id)
+    if cancel:
+        assert status in {"cancelling", "cancelled"}
+        assert b"cancel_on_interrupt" in err
+    else:
+        assert status == "running"

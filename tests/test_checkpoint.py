@@ -1,12 +1,15 @@
-"""The checkpoint's state: what a state file may hold, and how a job's position moves."""
+"""The checkpoint: what a state file may hold, how a job's position moves and when it is written."""
 
 from __future__ import annotations
 
+import copy
 import json
+import subprocess
 from typing import Any
 
 import pytest
-from support import base_config
+from hostile import BAD, GOOD, HostileAPI, HostileJob, assert_clean, run_against
+from support import API_KEY, base_config, tap_command, tap_env, write_json
 
 from openfunnel_sandbox import JobSpec
 from tap_openfunnel.checkpoint import Checkpoint, Position, state_problem
@@ -156,3 +159,166 @@ def test_state_output_grows_linearly_with_the_jobs_of_a_run(server, run_tap):
     # Paced by the records written: STATE never outweighs them by more than its last lines.
     assert large <= large_records + 3 * last_line, (large, large_records, last_line)
     assert small_records * 4 < large_records
+
+
+def recording_checkpoint(*, hold: bool, due=None):
+    state: dict[str, dict[str, Any]] = {}
+    written: list[dict[str, Any]] = []
+    checkpoint = Checkpoint(
+        lambda _stream, job_id: state.setdefault(job_id, {"context": {"job_id": job_id}}),
+        lambda: written.append(copy.deepcopy(state)),
+        hold_until_promoted=hold,
+        due=due,
+    )
+    checkpoint.register("j", "tam_companies")
+    return checkpoint, state, written
+
+
+def test_checkpoint_writes_each_page_at_once_when_records_go_to_stdout():
+    checkpoint, state, written = recording_checkpoint(hold=False)
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    assert state["j"]["next_cursor"] == "page_0001"
+    assert written[-1]["j"]["rows_read"] == 100
+    checkpoint.page_read("j", next_cursor=None, rows_read=150)
+    assert written[-1]["j"] == {"context": {"job_id": "j"}, "rows_read": 150, "done": True}
+    assert checkpoint.position("j") == Position(None, 150, done=True)
+
+
+def test_checkpoint_paces_pages_and_finished_jobs_alike():
+    due = {"now": False}
+    checkpoint, state, written = recording_checkpoint(hold=False, due=lambda: due["now"])
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    # Not worth a line yet: the position is in the state, for the next line to carry.
+    assert written == []
+    assert state["j"]["next_cursor"] == "page_0001"
+    assert checkpoint.position("j") == Position("page_0001", 100)
+    due["now"] = True
+    checkpoint.page_read("j", next_cursor="page_0002", rows_read=200)
+    assert written[-1]["j"]["next_cursor"] == "page_0002"
+    due["now"] = False
+    checkpoint.page_read("j", next_cursor="page_0003", rows_read=300)
+    assert len(written) == 1
+    checkpoint.write()  # what the signal handler calls: the state as it is
+    assert written[-1]["j"]["next_cursor"] == "page_0003"
+    # The end is paced too (a line per finished job would grow with their square)...
+    checkpoint.page_read("j", next_cursor=None, rows_read=350)
+    assert len(written) == 2
+    assert checkpoint.position("j") == Position(None, 350, done=True)
+    # ...and goes out with the next line, whoever writes it.
+    checkpoint.write()
+    assert written[-1]["j"] == {"context": {"job_id": "j"}, "rows_read": 350, "done": True}
+
+
+def test_checkpoint_in_batch_mode_writes_every_file_whatever_the_pace():
+    checkpoint, _state, written = recording_checkpoint(hold=True, due=lambda: False)
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    checkpoint.promote(checkpoint.handed())
+    assert written[-1]["j"]["next_cursor"] == "page_0001"
+
+
+def test_checkpoint_in_batch_mode_holds_pages_until_promoted():
+    checkpoint, state, written = recording_checkpoint(hold=True)
+    checkpoint.page_read("j", next_cursor="page_0001", rows_read=100)
+    checkpoint.page_read("j", next_cursor="page_0002", rows_read=200)
+    # Nothing of those pages is durable: the state and what was written say so.
+    assert "next_cursor" not in state.get("j", {})
+    assert written == []
+    assert checkpoint.position("j") == Position(None, 0)
+    in_file = checkpoint.handed()
+    checkpoint.page_read("j", next_cursor="page_0003", rows_read=300)  # next file
+    checkpoint.promote(in_file)
+    assert checkpoint.position("j") == Position("page_0002", 200)
+    assert written[-1]["j"]["next_cursor"] == "page_0002"
+    # The later page is still held, and is promoted with its own file.
+    assert checkpoint.handed() == {"j": Position("page_0003", 300)}
+
+
+def test_unreadable_state_file_is_a_clear_error(server, tmp_path):
+    config = write_json(tmp_path / "c.json", base_config(server))
+    state = tmp_path / "s.json"
+    state.write_text("{not json", encoding="utf-8")
+    proc = subprocess.run(
+        tap_command(config, state),
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "not valid JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+BAD_STATES = [
+    pytest.param([], "a JSON list, not an object", id="list"),
+    pytest.param({"bookmarks": []}, "'bookmarks' is not an object", id="bookmarks-list"),
+    pytest.param(
+        {"bookmarks": {"tam_companies": []}}, "tam_companies is not an object", id="entry"
+    ),
+    pytest.param(
+        {"bookmarks": {"tam_companies": {"partitions": {}}}}, "partitions is not a list", id="parts"
+    ),
+    pytest.param(
+        {"bookmarks": {"tam_companies": {"partitions": [{"next_cursor": "page_0001"}]}}},
+        "partitions[0] has no 'context' object",
+        id="no-context",
+    ),
+    pytest.param(
+        {
+            "bookmarks": {
+                "tam_companies": {
+                    "partitions": [{"context": {"job_id": GOOD}, "rows_read": "many"}]
+                }
+            }
+        },
+        'partitions[0].rows_read is "many"',
+        id="rows-read",
+    ),
+    pytest.param(
+        {"bookmarks": {"jobs": {"partitions": [{"context": {"job_id": GOOD}, "done": "yes"}]}}},
+        "bookmarks.jobs.partitions[0].done",
+        id="done",
+    ),
+]
+
+
+@pytest.mark.parametrize(("state", "needle"), BAD_STATES)
+def test_a_state_of_the_wrong_shape_is_refused_with_a_way_out(tmp_path, state, needle):
+    with HostileAPI({GOOD: HostileJob()}, api_key=API_KEY) as api:
+        run = run_against(api, tmp_path, state=state)
+        served = len(api.served)
+    assert run.returncode == 1
+    assert needle in run.stderr
+    assert "meltano state clear" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert served == 0
+
+
+def test_a_state_cursor_the_api_does_not_know_is_named(tmp_path):
+    state = {
+        "bookmarks": {
+            "tam_companies": {
+                "partitions": [
+                    {"context": {"job_id": BAD}, "next_cursor": "page_0099", "rows_read": 9900}
+                ]
+            }
+        }
+    }
+    jobs = {GOOD: HostileJob(), BAD: HostileJob(rows=300, pathology="unknown_cursor")}
+    with HostileAPI(jobs, api_key=API_KEY) as api:
+        api.jobs[BAD].pathology = None
+        original = api.answer
+
+        def answer(job_id: str, cursor: str | None):
+            if job_id == BAD and cursor == "page_0099":
+                return 404, {}, {"detail": "Not Found"}
+            return original(job_id, cursor)
+
+        api.answer = answer  # type: ignore[method-assign]
+        run = run_against(api, tmp_path, state=state)
+    assert run.returncode == 1
+    assert "page 'page_0099'" in run.stderr
+    assert "the job itself is fine" in run.stderr
+    assert "Remove it from the config" not in run.stderr
+    assert_clean(run)

@@ -14,7 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import singer_sdk.plugin_base
 import singer_sdk.streams.core
-from support import API_KEY, base_config, tap_command, tap_env, write_json
+from support import (
+    API_KEY,
+    base_config,
+    discover,
+    run_command,
+    tap_command,
+    tap_env,
+    write_json,
+)
 
 from openfunnel_sandbox import JobSpec
 from tap_openfunnel import cli, logs, quiet
@@ -29,9 +37,7 @@ from tap_openfunnel.tap import TapOpenFunnel
 
 def run_cli(tmp_path, config, *args, timeout=60):
     command = [*tap_command(write_json(tmp_path / "config.json", config)), *args]
-    return subprocess.run(
-        command, capture_output=True, text=True, env=tap_env(), timeout=timeout, check=False
-    )
+    return run_command(command, timeout=timeout)
 
 
 def closed_port() -> int:
@@ -218,7 +224,10 @@ def balance_server():
     def serve(raw: bytes):
         handler = type("Handler", (_BalanceOnly,), {"body": raw, "seen": []})
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        # A short poll interval makes shutdown quick: it waits for one poll.
+        threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         servers.append(httpd)
         return f"http://127.0.0.1:{httpd.server_address[1]}", handler.seen
 
@@ -378,3 +387,58 @@ def test_the_sdk_log_lines_the_tap_matches_are_still_the_sdks(module, text):
     """The tap drops a few SDK log lines by their text (no switch exists for them). Were
     the SDK to reword one, the filter would quietly match nothing: this notices."""
     assert f'"{text}"' in inspect.getsource(module)
+
+
+def test_api_key_never_printed_even_at_debug(server, tmp_path):
+    job = server.add_job(JobSpec(kind="tam", rows=120))
+    config_path = write_json(tmp_path / "c.json", base_config(server, tam_job_ids=[job]))
+    env = tap_env() | {"TAP_OPENFUNNEL_LOGLEVEL": "DEBUG"}
+    proc = subprocess.run(
+        tap_command(config_path), capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "DEBUG" in proc.stderr
+    assert API_KEY not in proc.stdout
+    assert API_KEY not in proc.stderr
+
+
+def test_python_dash_m_and_discover(tmp_path, server):
+    catalog = discover(write_json(tmp_path / "c.json", base_config(server)))
+    streams = {entry["tap_stream_id"]: entry for entry in catalog["streams"]}
+    assert set(streams) == {"tam_companies", "lookalike_companies", "jobs", "credits_balance"}
+    assert streams["tam_companies"]["key_properties"] == ["job_id", "rank"]
+    assert streams["jobs"]["key_properties"] == ["job_id"]
+
+
+@pytest.mark.parametrize(("key", "code"), [(API_KEY, 0), ("of_not_the_key", 1)])
+def test_connection_test_is_one_cheap_call(server, tmp_path, key, code):
+    """--test checks the key with the balance call: no submit, no waiting."""
+    job = server.add_job(JobSpec(kind="tam", rows=10, pending_seconds=60))
+    config = base_config(server, api_key=key, tam_job_ids=[job], tam_builds=[{"query": "x"}])
+    proc = subprocess.run(
+        [*tap_command(write_json(tmp_path / "c.json", config)), "--test"],
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == code
+    assert proc.stdout == ""
+    assert [r.path for r in server.requests] == ["/api/v1/credits/balance"]
+    assert server.submit_count("tam") == 0
+    if code == 0:
+        assert "Connection test passed" in proc.stderr
+        assert "credits left" in proc.stderr
+    else:
+        assert "Authentication failed" in proc.stderr
+        assert key not in proc.stderr
+
+
+def test_missing_api_key_names_it_without_traceback(server, run_tap):
+    config = base_config(server)
+    del config["api_key"]
+    run = run_tap(config)
+    assert run.returncode != 0
+    assert "api_key" in run.stderr
+    assert "Traceback" not in run.stderr

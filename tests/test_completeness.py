@@ -39,7 +39,7 @@ def partition(state: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
     for entry in state["bookmarks"]["tam_companies"]["partitions"]:
         if entry["context"]["job_id"] == job_id:
             # The reading position; terminal_at (when the job was first seen finished)
-            # is test_tap's concern.
+            # is test_output's concern.
             return {k: v for k, v in entry.items() if k not in {"context", "terminal_at"}}
     return {}
 

@@ -1,4 +1,4 @@
-"""Issue #11: schema drift. What the API sends and the schemas do not name is kept, safely."""
+"""Schema drift: what the API sends and the schemas do not name is kept, safely."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import json
 import math
 
 import pytest
-from hostile import HostileAPI, HostileJob
+from hostile import BAD, GOOD, HostileAPI, HostileJob, assert_clean, run_against
 from support import API_KEY, base_config, discover, write_json
-from test_hostile import BAD, GOOD, assert_clean, run_against
 
 from openfunnel_sandbox import JobSpec
 from tap_openfunnel import logs

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support import API_KEY
+from support import (
+    API_KEY,
+)
 
+from tap_openfunnel.entries import fingerprint as entry_fingerprint
 from tap_openfunnel.entries import parse_entries
 from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.jobs import JobType
@@ -114,3 +117,13 @@ def test_a_tam_build_is_its_query():
     base = parse_entries([{"query": "observability"}], [])[0]
     assert parse_entries([{"query": " observability "}], [])[0].fingerprint == base.fingerprint
     assert parse_entries([{"query": "observability EU"}], [])[0].fingerprint != base.fingerprint
+
+
+def test_fingerprint_ignores_key_order_but_not_values():
+    a = parse_entries([], [{"query": "q", "limit": 5}])[0]
+    b = parse_entries([], [{"limit": 5, "query": "q"}])[0]
+    c = parse_entries([], [{"limit": 6, "query": "q"}])[0]
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert a.fingerprint != entry_fingerprint(a.job_type.TAM, a.body)
+    with pytest.raises(ConfigurationError):
+        parse_entries(["not an object"], [])

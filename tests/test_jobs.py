@@ -1,12 +1,17 @@
-"""The poller through every outcome, on a fake clock: no real sleeping."""
+"""Job life cycles: the poller through every outcome on a fake clock, and each outcome in a run."""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
-from support import FakeClock
+from support import (
+    FakeClock,
+    base_config,
+    ranks,
+)
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel.exceptions import (
     JobError,
     JobNotFoundError,
@@ -183,3 +188,71 @@ def test_an_interval_limit_polls_sooner_and_the_own_schedule_resumes_unchanged()
     # Two waits cut short by the limit, then 1, 2, 4, 8 as if they had not happened; a
     # limit above the job's own interval (100 s, then none) never makes it wait longer.
     assert clock.sleeps == [0.25, 0.25, 1.0, 2.0, 4.0, 8.0]
+
+
+def test_pending_then_running_job_is_waited_for(polled_server, run_tap):
+    server = polled_server  # its jobs age by one second per request, not by the wall clock
+    job = server.add_job(JobSpec(kind="tam", rows=450, pending_seconds=1.5, running_seconds=2.0))
+    run = run_tap(base_config(server, tam_job_ids=[job]))
+    assert run.returncode == 0, run.stderr
+    # The job completes at its fourth second: the tap polled it until then.
+    polls = [r for r in server.requests if r.method == "GET" and not r.query.get("cursor")]
+    assert len(polls) >= 4
+    assert ranks(run.records("tam_companies"), job) == list(range(1, 451))
+    assert "status pending" in run.stderr
+    assert "status running" in run.stderr
+    # Never read a page before the job was terminal: the poll answers are the only
+    # requests while the job runs, and rows come from the completed set.
+    assert run.records("jobs")[0]["status"] == "completed"
+
+
+def test_paused_job_fails_within_seconds_naming_the_job(polled_server, run_tap):
+    server = polled_server  # paused from its second poll on, however slow the machine
+    paused = server.add_job(JobSpec(kind="tam", rows=600, running_seconds=0.2, outcome="paused"))
+    # The run ends by itself (run_tap's timeout fails a run that hangs), by job_timeout.
+    run = run_tap(base_config(server, tam_job_ids=[paused], job_timeout=1))
+    assert run.returncode != 0
+    assert paused in run.stderr
+    assert "job_timeout" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.records("jobs")[0]["status"] == "paused"
+
+
+def test_failed_job_exits_nonzero_after_other_jobs_are_delivered(server, run_tap):
+    good = server.add_job(JobSpec(kind="tam", rows=321))
+    bad = server.add_job(
+        JobSpec(kind="lookalike", rows=300, outcome="failed", error_message="Seed index offline")
+    )
+    run = run_tap(base_config(server, tam_job_ids=[good], lookalike_job_ids=[bad]))
+    assert run.returncode == 1
+    assert bad in run.stderr
+    assert "Seed index offline" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert len(run.records("tam_companies")) == 321
+    assert run.records("lookalike_companies") == []
+    assert {r["status"] for r in run.records("jobs")} == {"completed", "failed"}
+    assert run.messages[-1]["type"] == "STATE"
+
+
+def test_unknown_job_exits_nonzero_naming_it(server, run_tap):
+    good = server.add_job(JobSpec(kind="tam", rows=10))
+    missing = "00000000-0000-4000-8000-000000000000"
+    run = run_tap(base_config(server, tam_job_ids=[good, missing]))
+    assert run.returncode == 1
+    assert missing in run.stderr
+    assert "not found for this API key" in run.stderr
+    assert len(run.records("tam_companies")) == 10
+
+
+def test_cancelled_job_delivers_its_pages_and_warns(server, run_tap):
+    job = server.add_job(
+        JobSpec(kind="lookalike", rows=800, outcome="cancelled", partial_fraction=0.5)
+    )
+    run = run_tap(base_config(server, lookalike_job_ids=[job]))
+    assert run.returncode == 0, run.stderr
+    rows = run.records("lookalike_companies")
+    assert len(rows) == server.job_delivered(job) == 400
+    assert "partial" in run.stderr
+    record = run.records("jobs")[0]
+    assert record["status"] == "cancelled"
+    assert record["partial"] is True

@@ -8,12 +8,14 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from support import API_KEY, base_config, parse_messages, tap_command, tap_env, write_json
 
-from openfunnel_sandbox import Faults, JobSpec
+from openfunnel_sandbox import Faults, JobSpec, transport
 from tap_openfunnel.entries import parse_entries
 from tap_openfunnel.exceptions import NotFoundError
 from tap_openfunnel.jobs import JobType
@@ -239,10 +241,14 @@ def test_a_failed_submit_blocks_the_entry_only_when_a_job_may_exist(
 # Two runs at once ------------------------------------------------------------------------
 
 
-def test_two_taps_at_once_on_one_journal_submit_once(tam_server, tmp_path):
-    # The first tap's submit is answered slowly; the second starts meanwhile, plans
-    # the same entry, waits for the first one's submit, and re-attaches to its job.
-    tam_server.faults = Faults(submit_script=["sleep_after_create:8"])
+def test_two_taps_at_once_on_one_journal_submit_once(tam_server, tmp_path, monkeypatch):
+    # The first tap's submit is answered only once the second, started meanwhile, has
+    # planned the same entry and waits for the first one's submit; it then re-attaches
+    # to that job.
+    second_waits = threading.Event()
+    # The server holds the submit's answer (sleep_after_create) until then, not longer.
+    monkeypatch.setattr(transport, "time", SimpleNamespace(sleep=second_waits.wait))
+    tam_server.faults = Faults(submit_script=["sleep_after_create:50"])
     config_path = write_json(tmp_path / "c.json", tam_config(tam_server, request_timeout=60))
 
     def start(name):
@@ -253,6 +259,11 @@ def test_two_taps_at_once_on_one_journal_submit_once(tam_server, tmp_path):
     first = start("first")
     wait_until(lambda: tam_server.submit_count("tam") == 1)
     second = start("second")
+    try:
+        waiting = "another run is submitting it right now"
+        wait_until(lambda: waiting in (tmp_path / "second.err").read_text())
+    finally:
+        second_waits.set()
     assert first.wait(timeout=120) == 0, (tmp_path / "first.err").read_text()
     assert second.wait(timeout=120) == 0, (tmp_path / "second.err").read_text()
     assert tam_server.submit_count("tam") == 1

@@ -1,23 +1,35 @@
-"""Singer output: RECORD lines in blocks, STATE never ahead of them, selection still applied."""
+"""Singer output: every row once, RECORD lines in blocks, STATE never ahead, selection applied."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import fcntl
+import gzip
 import io
+import itertools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.singerlib import RecordMessage, StateMessage
-from support import base_config, discover, parse_messages, tap_command, tap_env, write_json
+from support import (
+    base_config,
+    discover,
+    parse_messages,
+    ranks,
+    tap_command,
+    tap_env,
+    write_json,
+)
 
 from openfunnel_sandbox import JobSpec
 from tap_openfunnel import cli
@@ -546,3 +558,189 @@ def test_a_configured_stream_map_still_transforms_every_record(server, capsys):
     ]
     assert [r["rank_twice"] for r in records] == [2, 4, 6, 8]
     assert all("domain" not in r for r in records)
+
+
+def run_in_process(
+    monkeypatch, config: dict[str, Any], selected: set[str], order: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    discovered = TapOpenFunnel(config=config, parse_env_config=False).catalog_dict
+    catalog = copy.deepcopy(discovered)
+    for entry in catalog["streams"]:
+        for item in entry["metadata"]:
+            if item["breadcrumb"] == []:
+                item["metadata"]["selected"] = entry["tap_stream_id"] in selected
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", out)
+    tap = TapOpenFunnel(config=config, catalog=catalog, parse_env_config=False)
+    tap._streams = {name: tap.streams[name] for name in order}
+    cli.sync(tap)
+    out.flush()
+    monkeypatch.undo()
+    return [json.loads(line) for line in out.buffer.getvalue().decode().splitlines()]  # type: ignore[attr-defined]
+
+
+def comparable(messages: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    records: dict[str, list[Any]] = {}
+    for message in messages:
+        if message["type"] == "RECORD":
+            record = dict(message["record"])
+            record.pop("terminal_at", None)  # a wall-clock stamp
+            records.setdefault(message["stream"], []).append(record)
+    return {stream: sorted(rows, key=json.dumps) for stream, rows in records.items()}
+
+
+def test_results_do_not_depend_on_the_catalog_subset_or_the_sync_order(server, monkeypatch):
+    tam = server.add_job(JobSpec(kind="tam", rows=230))
+    look = server.add_job(JobSpec(kind="lookalike", rows=120))
+    config = base_config(server, tam_job_ids=[tam], lookalike_job_ids=[look])
+    names = ("jobs", "lookalike_companies", "tam_companies")
+    expected_jobs = {"tam_companies": tam, "lookalike_companies": look}
+    for size in range(1, len(names) + 1):
+        for subset in itertools.combinations(names, size):
+            outputs = [
+                comparable(run_in_process(monkeypatch, config, set(subset), order))
+                for order in itertools.permutations(names)
+            ]
+            assert all(output == outputs[0] for output in outputs), subset
+            result = outputs[0]
+            company = [name for name in subset if name != "jobs"]
+            assert sorted(result) == sorted(subset if company else []), subset
+            for name in company:
+                ranks = sorted(record["rank"] for record in result[name])
+                assert ranks == list(range(1, (230 if name == "tam_companies" else 120) + 1))
+            if "jobs" in subset and company:
+                assert sorted(r["job_id"] for r in result["jobs"]) == sorted(
+                    expected_jobs[name] for name in company
+                )
+
+
+TOOLS_BIN = Path(__file__).resolve().parent.parent / ".tools-venv" / "bin"
+
+
+def test_full_run_emits_every_row_once(server, run_tap):
+    tam = server.add_job(JobSpec(kind="tam", rows=1234))
+    look = server.add_job(JobSpec(kind="lookalike", rows=250))
+    run = run_tap(base_config(server, tam_job_ids=[tam], lookalike_job_ids=[look]))
+    assert run.returncode == 0, run.stderr
+    tam_rows = run.records("tam_companies")
+    look_rows = run.records("lookalike_companies")
+    assert len(tam_rows) == 1234
+    assert len(look_rows) == 250
+    assert ranks(tam_rows, tam) == list(range(1, 1235))
+    assert ranks(look_rows, look) == list(range(1, 251))
+    assert tam_rows[0]["page"] == "page_0000"
+    assert tam_rows[-1]["page"] == "page_0012"
+    jobs = {r["job_id"]: r for r in run.records("jobs")}
+    assert set(jobs) == {tam, look}
+    assert jobs[tam]["job_type"] == "tam_build"
+    assert jobs[tam]["unique_count"] == 1234
+    assert jobs[look]["count"] == 250
+    assert jobs[tam]["terminal_at"]
+    # A job id from config is its own entry: no request, no fingerprint.
+    assert jobs[tam]["origin"] == "config"
+    assert jobs[tam]["request_fingerprint"] is None
+    assert run.messages[-1]["type"] == "STATE"
+    partitions = run.last_state["bookmarks"]["tam_companies"]["partitions"]
+    assert partitions == [
+        {
+            "context": {"job_id": tam},
+            "rows_read": 1234,
+            "done": True,
+            "terminal_at": jobs[tam]["terminal_at"],
+        }
+    ]
+
+
+def test_terminal_at_is_when_the_tap_first_saw_the_job_finished(server, run_tap):
+    """A re-read of the job (here: resumed from a saved page) reports the kept time."""
+    tam = server.add_job(JobSpec(kind="tam", rows=250))
+    first_seen = "2026-01-02T03:04:05.123456+00:00"
+    partition = {
+        "context": {"job_id": tam},
+        "rows_read": 100,
+        "next_cursor": "page_0001",
+        "terminal_at": first_seen,
+    }
+    state = {"bookmarks": {"tam_companies": {"partitions": [partition]}}}
+    run = run_tap(base_config(server, tam_job_ids=[tam]), state=state)
+    assert run.returncode == 0, run.stderr
+    (job,) = run.records("jobs")
+    assert job["terminal_at"] == first_seen
+    (kept,) = run.last_state["bookmarks"]["tam_companies"]["partitions"]
+    assert kept["terminal_at"] == first_seen
+    assert ranks(run.records("tam_companies"), tam) == list(range(101, 251))
+
+
+def test_output_passes_singer_check_tap(server, tmp_path):
+    checker = TOOLS_BIN / "singer-check-tap"
+    if not checker.exists():
+        pytest.fail(
+            f"{checker} is missing: create it with `python3 -m venv .tools-venv && "
+            ".tools-venv/bin/pip install singer-tools` (make test does this)."
+        )
+    tam = server.add_job(JobSpec(kind="tam", rows=1234))
+    look = server.add_job(JobSpec(kind="lookalike", rows=250))
+    config = write_json(
+        tmp_path / "c.json", base_config(server, tam_job_ids=[tam], lookalike_job_ids=[look])
+    )
+    tap = subprocess.run(
+        tap_command(config), capture_output=True, env=tap_env(), timeout=120, check=True
+    )
+    check = subprocess.run(
+        [str(checker)], input=tap.stdout, capture_output=True, timeout=120, check=False
+    )
+    out = check.stdout.decode()
+    assert check.returncode == 0, out + check.stderr.decode()
+    assert "The output is valid." in out
+    assert "1234" in out
+    assert "250" in out
+
+
+def test_credits_balance_stream_comes_first_when_selected(server, tmp_path):
+    """Meltano selects every stream and `meltano config test` stops at the first record."""
+    job = server.add_job(JobSpec(kind="tam", rows=10))
+    config_path = write_json(tmp_path / "c.json", base_config(server, tam_job_ids=[job]))
+    catalog = discover(config_path)
+    for entry in catalog["streams"]:
+        for item in entry["metadata"]:
+            if not item["breadcrumb"]:
+                item["metadata"]["selected"] = True
+    catalog_path = write_json(tmp_path / "catalog.json", catalog)
+    proc = subprocess.run(
+        [*tap_command(config_path), "--catalog", str(catalog_path)],
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=True,
+    )
+    records = [m for m in parse_messages(proc.stdout) if m["type"] == "RECORD"]
+    assert records[0]["stream"] == "credits_balance"
+    assert records[0]["record"]["credits_left"] > 0
+    assert len([m for m in records if m["stream"] == "tam_companies"]) == 10
+
+
+def test_batch_mode_delivers_every_row_and_state_never_runs_ahead(server, run_tap, tmp_path):
+    job = server.add_job(JobSpec(kind="tam", rows=1234))
+    batch_config = {
+        "encoding": {"format": "jsonl", "compression": "none"},
+        "storage": {"root": f"file://{tmp_path}", "prefix": "batch-"},
+        "batch_size": 500,
+    }
+    run = run_tap(base_config(server, tam_job_ids=[job], batch_config=batch_config))
+    assert run.returncode == 0, run.stderr
+    ranks_seen: list[int] = []
+    for message in run.messages:
+        if message["type"] == "BATCH" and message["stream"] == "tam_companies":
+            for url in message["manifest"]:
+                raw = Path(url.removeprefix("file://")).read_bytes()
+                if raw[:2] == b"\x1f\x8b":  # the SDK may gzip whatever the config says
+                    raw = gzip.decompress(raw)
+                lines = raw.decode().splitlines()
+                ranks_seen += [json.loads(line)["rank"] for line in lines]
+        if message["type"] == "STATE":
+            partitions = message["value"].get("bookmarks", {}).get("tam_companies", {})
+            for partition in partitions.get("partitions", []):
+                # Every row the state says was read is already in a written batch file.
+                assert partition.get("rows_read", 0) <= len(ranks_seen)
+    assert sorted(ranks_seen) == list(range(1, 1235))

@@ -1,4 +1,4 @@
-"""The next_cursor paginator and the in-order prefetcher, against in-memory pages."""
+"""The next_cursor paginator and the in-order prefetcher: in-memory pages, odd cursors in a run."""
 
 from __future__ import annotations
 
@@ -7,6 +7,17 @@ import signal
 import threading
 
 import pytest
+from hostile import (
+    BAD,
+    GOOD,
+    HostileAPI,
+    HostileJob,
+    answer_page,
+    assert_clean,
+    bad_records,
+    run_against,
+)
+from support import API_KEY, base_config, spec
 
 from tap_openfunnel.exceptions import PageSequenceError
 from tap_openfunnel.pagination import Page, PageReader, page_index, page_name
@@ -333,3 +344,132 @@ def test_rows_that_are_not_objects_are_skipped_and_counted(rows, kept, skipped, 
         "records; they were skipped (and will show in the row count check)."
     )
     assert warned == ([expected] if skipped else [])
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_empty_page_with_a_cursor_is_followed(server, run_tap, concurrency):
+    job = server.add_job(spec(rows=450, quirks={"empty_page_with_cursor"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], page_concurrency=concurrency))
+    assert run.returncode == 0, run.stderr
+    assert sorted(r["rank"] for r in run.records("tam_companies")) == list(range(1, 451))
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_repeating_cursor_fails_the_job_after_delivering_what_came_before(
+    server, run_tap, concurrency
+):
+    job = server.add_job(spec(rows=450, quirks={"repeat_cursor"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], page_concurrency=concurrency))
+    assert run.returncode == 1
+    assert job in run.stderr
+    assert "back to 'page_0001'" in run.stderr
+    assert sorted(r["rank"] for r in run.records("tam_companies")) == list(range(1, 201))
+    # State stays before the page that points back: a rerun sends it again with the
+    # same ranks, never under new ones.
+    (partition,) = run.last_state["bookmarks"]["tam_companies"]["partitions"]
+    assert (partition["next_cursor"], partition["rows_read"]) == ("page_0001", 100)
+    again = run_tap(base_config(server, tam_job_ids=[job]), state=run.last_state)
+    assert sorted(r["rank"] for r in again.records("tam_companies")) == list(range(101, 201))
+    resumed = f"Job {job}: resuming at page 'page_0001' (the cursor kept in state), after 100"
+    assert resumed in again.stderr
+    assert "resuming at page" not in run.stderr  # the first run started at the start
+
+
+@pytest.mark.parametrize(("strict", "code"), [(False, 0), (True, 1)])
+def test_manifest_mismatch_warns_or_fails(server, run_tap, strict, code):
+    job = server.add_job(spec(rows=300, quirks={"manifest_mismatch"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], strict_row_count=strict))
+    assert run.returncode == code
+    assert "read 300 rows but the manifest's unique_count says 305" in run.stderr
+    assert len(run.records("tam_companies")) == 300
+
+
+def test_opaque_cursors_are_followed(server, run_tap):
+    job = server.add_job(spec(rows=530, quirks={"opaque_cursor"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], page_concurrency=8))
+    assert run.returncode == 0, run.stderr
+    assert sorted(r["rank"] for r in run.records("tam_companies")) == list(range(1, 531))
+
+
+def test_wrong_page_is_never_emitted_under_the_wrong_name(server, run_tap):
+    job = server.add_job(spec(rows=600, quirks={"wrong_page"}))
+    run = run_tap(base_config(server, tam_job_ids=[job], page_concurrency=4))
+    assert run.returncode == 0, run.stderr
+    rows = run.records("tam_companies")
+    assert "asked for page_0002" in run.stderr
+    assert all(r["page"] != "page_0002" for r in rows)
+    assert "manifest" in run.stderr  # the shortfall is reported, not silent
+
+
+PAGE_WALK = [
+    pytest.param("cycle_to_first", 300, "back to 'page_0000'", id="cursor-cycles-to-first-page"),
+    pytest.param("self_loop_first", 100, "back to 'page_0000'", id="first-page-points-at-itself"),
+    pytest.param("old_page_fresh_cursor", 300, "already read", id="old-page-under-new-cursor"),
+    # The manifest's 3 pages and the margin of 5: 800 fresh rows, then the job fails.
+    pytest.param("endless_fresh", 800, "beyond what its manifest allows", id="pages-past-manifest"),
+    pytest.param("endless_empty", 100, "empty pages in a row", id="empty-pages-for-ever"),
+]
+
+
+@pytest.mark.parametrize(("pathology", "delivered", "needle"), PAGE_WALK)
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_page_walk_that_would_not_end_fails_its_job_only(
+    tmp_path, pathology, delivered, needle, concurrency
+):
+    jobs = {GOOD: HostileJob(), BAD: HostileJob(rows=300, pathology=pathology)}
+    with HostileAPI(jobs, api_key=API_KEY) as api:
+        run = run_against(api, tmp_path, page_concurrency=concurrency)
+        bad_pages = len(api.pages_served(BAD))
+    assert run.returncode == 1
+    assert needle in run.stderr
+    assert BAD in run.stderr.splitlines()[-1]
+    assert_clean(run)
+    bad = [r for r in run.records("tam_companies") if r["job_id"] == BAD]
+    assert len(bad) == delivered
+    assert bad_pages <= 12  # bounded: the manifest's 3 pages, the margin, the window
+    # State never claims more than was delivered, nor a cursor that points back.
+    partitions = run.last_state["bookmarks"]["tam_companies"]["partitions"]
+    (bad_state,) = [p for p in partitions if p["context"]["job_id"] == BAD]
+    assert bad_state.get("rows_read", 0) <= delivered
+    assert not bad_state.get("done")
+
+
+def test_rerun_after_a_cycle_adds_no_row_under_a_new_rank(tmp_path):
+    jobs = {GOOD: HostileJob(), BAD: HostileJob(rows=300, pathology="cycle_to_first")}
+    with HostileAPI(jobs, api_key=API_KEY) as api:
+        first = run_against(api, tmp_path)
+        second = run_against(api, tmp_path, state=first.last_state)
+    seen: dict[int, str] = {}
+    ranks_of: dict[str, int] = {}
+    for record in first.records("tam_companies") + second.records("tam_companies"):
+        if record["job_id"] == BAD:
+            assert seen.setdefault(record["rank"], record["domain"]) == record["domain"]
+            assert ranks_of.setdefault(record["domain"], record["rank"]) == record["rank"]
+    assert max(seen) == 300
+    assert second.returncode == 1
+    assert_clean(first)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        pytest.param({"next_cursor": "page_" + "9" * 5000}, "more than the 256", id="cursor"),
+        pytest.param({"page": "page_0001" + "x" * 300}, "page name of 309", id="page-name"),
+        pytest.param(
+            {"rows": [{"name": f"C{i}", "domain": f"c{i}.x"} for i in range(10_001)]},
+            "holds 10001 rows",
+            id="rows",
+        ),
+    ],
+)
+@pytest.mark.parametrize("index", [0, 1])  # the first page comes with the poll
+def test_a_page_beyond_a_page_bound_fails_its_job_only(tmp_path, change, needle, index):
+    with HostileAPI({GOOD: HostileJob(), BAD: HostileJob(rows=300)}, api_key=API_KEY) as api:
+        answer_page(api, index, lambda status, headers, body: (status, headers, {**body, **change}))
+        run = run_against(api, tmp_path, page_concurrency=1)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert needle in run.stderr
+    assert BAD in run.stderr.splitlines()[-1]
+    assert_clean(run)
+    assert len(bad_records(run)) == 100 * index
+    assert max(len(line) for line in run.stderr.splitlines()) < 2000

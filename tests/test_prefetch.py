@@ -188,7 +188,7 @@ def partitions(messages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     states = [m["value"] for m in messages if m["type"] == "STATE"]
     found = states[-1]["bookmarks"]["tam_companies"]["partitions"] if states else []
     # Each job's reading position; terminal_at (when the tap first saw the job finished)
-    # is test_tap's concern.
+    # is test_output's concern.
     return {
         p["context"]["job_id"]: {k: v for k, v in p.items() if k != "terminal_at"} for p in found
     }

@@ -1,4 +1,4 @@
-"""What every warehouse needs from the schemas and the records: 64-bit integers, no null arrays."""
+"""Records: 64-bit integers, no null arrays, odd values coerced, any page shaped to the schema."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ import logging
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hostile import BAD, GOOD, HostileAPI, HostileJob, assert_clean, run_against
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft7Validator
+from support import API_KEY, base_config, spec
 
 from tap_openfunnel.decoding import decode_page_fields
+from tap_openfunnel.exceptions import MalformedPageError
+from tap_openfunnel.pagination import Page
 from tap_openfunnel.records import INT64_MAX, INT64_MIN, RowShaper
+from tap_openfunnel.streams import load_schema
 from tap_openfunnel.values import kind_of
 
 SCHEMAS = {
@@ -306,3 +312,114 @@ def test_any_decoded_page_gives_the_same_records_through_either_path(rows, keep)
     assert shaped(schema, decoded_rows, as_sent=True, text_checked=checked) == shaped(
         schema, decoded_rows, as_sent=False, text_checked=checked
     )
+
+
+def test_numbers_as_strings_are_coerced(server, run_tap):
+    job = server.add_job(spec(quirks={"numbers_as_strings"}))
+    run = run_tap(base_config(server, tam_job_ids=[job]))
+    assert run.returncode == 0, run.stderr
+    rows = run.records("tam_companies")
+    assert len(rows) == 250
+    counts = [r["employee_count"] for r in rows if r["employee_count"] is not None]
+    assert counts
+    assert all(isinstance(value, int) for value in counts)
+    assert isinstance(run.records("jobs")[0]["processed"], int)
+
+
+def test_missing_and_extra_fields(server, run_tap):
+    job = server.add_job(spec(quirks={"missing_fields", "extra_fields"}))
+    run = run_tap(base_config(server, tam_job_ids=[job]))
+    assert run.returncode == 0, run.stderr
+    rows = run.records("tam_companies")
+    schema_fields = set(load_schema("tam_companies")["properties"])
+    assert len(rows) == 250
+    assert all(set(r) == schema_fields for r in rows)
+    # Nothing the API sent is lost: the unknown fields ride along in _extra.
+    assert all(set(r["_extra"]) == {"score_v2", "tags"} for r in rows)
+    assert all(r["_extra"]["tags"][0] == "beta" for r in rows)
+    assert "fields the schema does not name (score_v2, tags)" in run.stderr
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    # Any code point, lone surrogates and NUL included: what a broken server can send.
+    st.text(alphabet=st.characters(exclude_categories=()), max_size=20),
+)
+
+
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+TAM_SCHEMA = load_schema("tam_companies")
+
+
+row_strategy = st.dictionaries(
+    st.sampled_from([*TAM_SCHEMA["properties"], "zzz_extra", "rank"]), json_values, max_size=16
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.fixed_dictionaries(
+        {},
+        optional={
+            "rows": st.one_of(
+                st.lists(st.one_of(row_strategy, json_values), max_size=6), json_values
+            ),
+            "page": json_values,
+            "next_cursor": json_values,
+            "count": json_values,
+        },
+    )
+)
+def test_malformed_pages_never_crash_and_records_match_the_schema(body):
+    try:
+        page = Page.from_response(body)
+    except MalformedPageError:
+        # A clean failure of the job, for the two shapes that cannot be read at all.
+        rows, cursor = body.get("rows"), body.get("next_cursor")
+        assert not isinstance(rows, (list, type(None))) or not isinstance(cursor, (str, type(None)))
+        return
+    shaper = RowShaper(TAM_SCHEMA)
+    records = list(
+        shaper.records(page.rows, job_id="j", page=page.name or "page_0000", first_rank=1)
+    )
+    assert len(records) == len(page.rows)
+    validator = Draft7Validator(TAM_SCHEMA)
+    for index, record in enumerate(records, start=1):
+        errors = [error.message for error in validator.iter_errors(record)]
+        assert not errors, (record, errors)
+        text = json.dumps(record, ensure_ascii=False)
+        text.encode("utf-8")  # no lone surrogate survives
+        assert "\x00" not in text
+        assert record["rank"] == index
+
+
+def test_odd_values_become_safe_records(tmp_path):
+    odd = HostileJob(
+        rows=120,
+        text="Acme\ud800 \x00Corp",
+        row_values={"industries": ["A\x00", None, "\udfff"], "employee_count": True},
+        body_extra={"progress_message": f"done for {API_KEY}", "error_message": API_KEY},
+        manifest_pages=True,  # not a count
+    )
+    with HostileAPI({GOOD: HostileJob(), BAD: odd}, api_key=API_KEY) as api:
+        run = run_against(api, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert_clean(run)
+    first = next(r for r in run.records("tam_companies") if r["job_id"] == BAD and r["rank"] == 1)
+    assert first["name"] == "Acme\ufffd Corp"
+    assert first["industries"] == ["A", "\ufffd"]
+    assert first["employee_count"] is None
+    (job,) = [r for r in run.records("jobs") if r["job_id"] == BAD]
+    assert job["progress_message"] == "done for ***"
+    assert job["error_message"] == "***"

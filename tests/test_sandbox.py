@@ -6,14 +6,18 @@ import email.utils
 import json
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import pytest
 import requests
+import support
 
 from openfunnel_sandbox import FakeOpenFunnel, Faults, JobSpec
+from openfunnel_sandbox import server as server_module
 
 KEY, OTHER_KEY = "of_test_key", "of_other_key"
 TAM, BULK = "/api/v1/tam/build", "/api/v1/account/search-lookalikes-bulk"
@@ -435,12 +439,19 @@ def _get_with_fault(kind, **faults):
         session.headers["X-API-Key"] = KEY
         job_id = server.add_job(JobSpec(kind="tam", rows=400))
         server.faults = Faults(rate=1.0, kinds=(kind,), **faults)
-        started = time.monotonic()
         try:
             outcome = session.get(f"{server.url}{TAM}/{job_id}", timeout=5)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             outcome = exc
-        return outcome, time.monotonic() - started, list(server.requests)
+        return outcome, list(server.requests)
+
+
+def fake_server_time(monkeypatch, clock=None, sleep=None):
+    """The server's own waits (latency, slow answers) on a clock the test controls."""
+    clock = clock or support.FakeClock()
+    fake = SimpleNamespace(monotonic=clock, sleep=sleep or clock.sleep)
+    monkeypatch.setattr(server_module, "time", fake)
+    return clock
 
 
 @pytest.mark.parametrize(
@@ -474,12 +485,13 @@ def _get_with_fault(kind, **faults):
         pytest.param("slow", 200, lambda r: r.json()["status"] == "completed", id="slow"),
     ],
 )
-def test_answering_faults(kind, status, check):
-    response, elapsed, records = _get_with_fault(kind, retry_after=1.5, slow_seconds=0.2)
+def test_answering_faults(kind, status, check, monkeypatch):
+    clock = fake_server_time(monkeypatch)
+    response, records = _get_with_fault(kind, retry_after=1.5, slow_seconds=0.2)
     assert response.status_code == status
     assert check(response)
     assert (records[-1].status, records[-1].fault) == (status, kind)
-    assert kind != "slow" or elapsed >= 0.2
+    assert clock.sleeps == ([0.2] if kind == "slow" else [])
 
 
 @pytest.mark.parametrize(
@@ -490,7 +502,7 @@ def test_answering_faults(kind, status, check):
     ],
 )
 def test_breaking_faults(kind, error):
-    outcome, _, records = _get_with_fault(kind)
+    outcome, records = _get_with_fault(kind)
     assert isinstance(outcome, error)
     assert records[-1].fault == kind
 
@@ -769,25 +781,40 @@ def test_a_read_is_answered_latency_after_it_arrived_its_work_included(server, h
     benchmarks' sequential bound (pages x latency) assumes exactly that."""
     job_id = server.add_job(JobSpec(kind="tam", rows=100))
     server.latency = 0.4
+    clock = fake_server_time(monkeypatch)
     answer = server._answer  # the server's own work, slowed down below
 
     def slow_work(exchange):
-        time.sleep(0.3)
+        clock.sleep(0.3)
         return answer(exchange)
 
     monkeypatch.setattr(server, "_answer", slow_work)
-    started = time.monotonic()
     poll(server, http, "tam", job_id)
-    took = time.monotonic() - started
-    # Not before the latency is up, and the 0.3 s of work is not added on top of it.
-    assert 0.4 <= took < 0.65
+    # Not before the latency is up, and the 0.3 s of work is not added on top of it:
+    # after the work, the answer waits out what is left of the latency.
+    assert clock.sleeps == [0.3, pytest.approx(0.1)]
+    assert clock.now == pytest.approx(0.4)
 
 
-def test_a_write_acts_only_once_the_latency_is_up(server, http):
+def test_a_write_acts_only_once_the_latency_is_up(server, http, monkeypatch):
     """A client that gives up during a submit's latency has created nothing."""
     server.latency = 1.0
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        http.post(f"{server.url}{TAM}", json={"query": "q"}, timeout=(5, 0.3))
-    assert server.submit_count("tam") == 0
-    time.sleep(1.0)
+    latency_up = threading.Event()
+    waits: list[float] = []
+
+    def wait_for_the_test(seconds: float) -> None:
+        waits.append(seconds)
+        latency_up.wait(30)
+
+    fake_server_time(monkeypatch, sleep=wait_for_the_test)
+    try:
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            http.post(f"{server.url}{TAM}", json={"query": "q"}, timeout=(5, 0.3))
+        assert server.submit_count("tam") == 0
+    finally:
+        latency_up.set()
+    deadline = time.monotonic() + 30
+    while server.submit_count("tam") == 0 and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
     assert server.submit_count("tam") == 1  # the server went on and created it
+    assert waits == [1.0]  # created once the latency was waited out, not before

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support import API_KEY
+from hostile import GOOD, HostileAPI, HostileJob, run_against
+from support import API_KEY, base_config
 
+from openfunnel_sandbox import JobSpec
 from tap_openfunnel.exceptions import ConfigurationError
 from tap_openfunnel.jobs import JobType
 from tap_openfunnel.settings import Settings
@@ -94,3 +96,51 @@ def test_usable_job_ids_are_kept_in_order_once():
         "abc_DEF-123",
         "x" * 128,
     )
+
+
+def test_a_misspelt_setting_is_refused_with_a_suggestion(server, run_tap):
+    job = server.add_job(JobSpec(kind="tam", rows=10))
+    run = run_tap(base_config(server, tam_jobs_ids=[job]))
+    assert run.returncode == 1
+    assert "'tam_jobs_ids' (did you mean 'tam_job_ids'?)" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert server.request_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "needle"),
+    [
+        pytest.param(API_KEY + "\r\nX-Evil: 1", "cannot have", id="crlf"),
+        pytest.param(API_KEY + "é", "cannot have", id="non-latin-1"),
+        pytest.param("of_a b", "cannot have", id="inner-space"),
+    ],
+)
+def test_a_key_that_cannot_be_a_header_is_refused_without_echo(tmp_path, key, needle):
+    jobs = {GOOD: HostileJob()}
+    with HostileAPI(jobs, api_key=API_KEY) as api:
+        run = run_against(api, tmp_path, api_key=key)
+        served = len(api.served)
+    assert run.returncode == 1
+    assert needle in run.stderr
+    assert "Traceback" not in run.stderr
+    assert key not in run.stderr
+    assert API_KEY not in run.stderr + run.stdout
+    assert served == 0
+
+
+@pytest.mark.parametrize(
+    ("api_url", "needle"),
+    [
+        pytest.param("{url}/api/v1/tam/build", "looks like an endpoint", id="endpoint-path"),
+        pytest.param("{url}?region=eu", "without a query string", id="query"),
+        pytest.param("{url}#top", "without a query string", id="fragment"),
+    ],
+)
+def test_an_api_url_the_tap_cannot_use_is_refused(tmp_path, api_url, needle):
+    with HostileAPI({GOOD: HostileJob()}, api_key=API_KEY) as api:
+        run = run_against(api, tmp_path, api_url=api_url.format(url=api.url))
+        served = len(api.served)
+    assert run.returncode == 1
+    assert needle in run.stderr
+    assert "Traceback" not in run.stderr
+    assert served == 0

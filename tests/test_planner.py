@@ -1,4 +1,4 @@
-"""Submitting jobs from config: validation, exactly-once across kills, budget, refresh."""
+"""The planner: what each job and entry becomes (attach, skip, submit); a submit happens once."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+from typing import Any
 
 import pytest
 from support import (
@@ -19,9 +20,14 @@ from support import (
     write_json,
 )
 
-from openfunnel_sandbox import FakeOpenFunnel, Faults, JobSpec
-from tap_openfunnel.entries import fingerprint, parse_entries
-from tap_openfunnel.exceptions import ConfigurationError
+from openfunnel_sandbox import Faults, JobSpec
+from tap_openfunnel.api import JobAPI
+from tap_openfunnel.client import OpenFunnelClient
+from tap_openfunnel.entries import parse_entries
+from tap_openfunnel.exceptions import NotFoundError
+from tap_openfunnel.jobs import JobType
+from tap_openfunnel.planner import Action, BudgetError, Planner
+from tap_openfunnel.settings import Settings
 
 TAM_QUERY = "observability vendors in Europe"
 SEARCH = {"query": "developer tools for data teams", "limit": 300}
@@ -96,16 +102,6 @@ def test_bad_entries_fail_before_any_request(server, run_tap, tam_builds, search
     assert server.request_count() == 0
 
 
-def test_fingerprint_ignores_key_order_but_not_values():
-    a = parse_entries([], [{"query": "q", "limit": 5}])[0]
-    b = parse_entries([], [{"limit": 5, "query": "q"}])[0]
-    c = parse_entries([], [{"limit": 6, "query": "q"}])[0]
-    assert a.fingerprint == b.fingerprint != c.fingerprint
-    assert a.fingerprint != fingerprint(a.job_type.TAM, a.body)
-    with pytest.raises(ConfigurationError):
-        parse_entries(["not an object"], [])
-
-
 @pytest.mark.parametrize(
     "second_submit_slow",
     [
@@ -117,7 +113,7 @@ def test_fingerprint_ignores_key_order_but_not_values():
 def test_kill_after_first_state_then_resume_submits_each_entry_once(
     server, run_tap, tmp_path, second_submit_slow
 ):
-    """The issue's "done when": SIGKILL right after the first STATE, re-run, run again."""
+    """SIGKILL right after the first STATE, re-run, run again: each entry submitted once."""
     quick_jobs(server)
     if second_submit_slow:
         server.faults = Faults(submit_script=["ok", "sleep_after_create:3"])
@@ -184,8 +180,13 @@ def total_submits(server):
 
 def kill_when(config_path, condition):
     """SIGKILL the tap once the fake server's state meets ``condition``; return its output."""
+    return kill_command_when(tap_command(config_path), condition)
+
+
+def kill_command_when(command, condition):
+    """SIGKILL ``command`` once the fake server's state meets ``condition``; return its output."""
     proc = subprocess.Popen(
-        tap_command(config_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
     )
     deadline = time.monotonic() + 60
     while not condition() and time.monotonic() < deadline:
@@ -219,11 +220,12 @@ def kill_first_state(config_path):
     [
         pytest.param([("records", 1)], id="reading-first-page"),
         pytest.param([("records", 450), ("records", 300)], id="reading-twice"),
-        pytest.param([("seconds", 0.8)], id="while-waiting"),
-        # 0.05 s is before the imports are done. A kill inside a submit's round trip
+        # The first poll comes once both jobs are submitted, while they run.
+        pytest.param([("polls", 1)], id="while-waiting"),
+        # At once is before the imports are done. A kill inside a submit's round trip
         # (the window no API without idempotency keys closes) blocks that entry on the
         # next run instead of buying it twice: see rerun_after_kills.
-        pytest.param([("seconds", 0.05), ("records", 50), ("seconds", 1.5)], id="mixed"),
+        pytest.param([("polls", 0), ("records", 50), ("polls", 2)], id="mixed"),
     ],
 )
 def test_repeated_kills_never_submit_twice(server, run_tap, tmp_path, kill_points):
@@ -239,7 +241,8 @@ def test_repeated_kills_never_submit_twice(server, run_tap, tmp_path, kill_point
         if kind == "records":
             _, messages, _ = kill_after(command, tap_env(), records=int(amount))
         else:
-            messages = kill_after_seconds(command, amount)
+            target = job_polls(server) + amount
+            messages = kill_command_when(command, lambda n=target: job_polls(server) >= n)
         delivered += company_records(messages)
         states = [m["value"] for m in messages if m["type"] == "STATE"]
         state = states[-1] if states else state
@@ -253,48 +256,13 @@ def test_repeated_kills_never_submit_twice(server, run_tap, tmp_path, kill_point
     assert {r["rank"] for r in delivered if "company_size" in r} == set(range(1, 301))
 
 
-def kill_after_seconds(command, seconds):
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=tap_env()
+def job_polls(server):
+    """How many polls of a job (its status and first page) the server has answered."""
+    return sum(
+        1
+        for r in server.requests
+        if r.method == "GET" and "/credits/" not in r.path and not r.query.get("cursor")
     )
-    time.sleep(seconds)
-    proc.send_signal(signal.SIGKILL)
-    out, _ = proc.communicate(timeout=30)
-    return parse_messages(out.decode())
-
-
-def test_lookalike_limit_above_max_credits_is_refused(server, run_tap):
-    config = base_config(server, lookalike_searches=[{"query": "a", "limit": 500}], max_credits=200)
-    run = run_tap(config)
-    assert run.returncode != 0
-    assert "max_credits" in run.stderr
-    assert "Nothing was submitted" in run.stderr
-    assert server.submit_count("lookalike") == 0
-
-
-def test_balance_too_low_is_refused(run_tap):
-    with FakeOpenFunnel(api_keys=(API_KEY,), credits_total=100) as poor:
-        run = run_tap(base_config(poor, lookalike_searches=[{"query": "a", "limit": 500}]))
-        assert run.returncode != 0
-        assert "100 credits left" in run.stderr
-        assert poor.submit_count("lookalike") == 0
-
-
-def test_tam_build_over_max_credits_is_cancelled_and_delivered_rows_extracted(server, run_tap):
-    server.submit_defaults["tam"] = JobSpec(
-        kind="tam", rows=3000, running_seconds=3.0, bands_total=6
-    )
-    config = base_config(server, tam_builds=[{"query": TAM_QUERY}], max_credits=900)
-    run = run_tap(config)
-    assert run.returncode == 0, run.stderr
-    assert "cancelling the build" in run.stderr
-    job = run.records("jobs")[0]
-    assert job["status"] == "cancelled"
-    assert job["partial"] is True
-    rows = run.records("tam_companies")
-    assert 0 < len(rows) < 3000
-    assert len(rows) == server.job_delivered(job["job_id"])
-    assert server.request_count("POST", "/api/v1/tam/build/") == 1  # one cancel
 
 
 def test_remembered_job_gone_is_submitted_again(server, run_tap):
@@ -376,34 +344,6 @@ def test_submit_retries_only_when_no_job_can_exist(server, run_tap, script, subm
         assert "Traceback" not in run.stderr
 
 
-@pytest.mark.parametrize("cancel", [True, False])
-def test_cancel_on_interrupt(server, tmp_path, cancel):
-    server.submit_defaults["tam"] = JobSpec(kind="tam", rows=500, running_seconds=30)
-    config = base_config(server, tam_builds=[{"query": TAM_QUERY}], cancel_on_interrupt=cancel)
-    config_path = write_json(tmp_path / "c.json", config)
-    proc = subprocess.Popen(
-        tap_command(config_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tap_env()
-    )
-    deadline = time.monotonic() + 20
-    while server.submit_count("tam") == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGTERM
-    job_id = next(
-        r.path.split("/")[5]
-        for r in server.requests
-        if r.method == "GET" and r.path.startswith("/api/v1/tam/build/")
-    )
-    status = server.job_status(job_id)
-    if cancel:
-        assert status in {"cancelling", "cancelled"}
-        assert b"cancel_on_interrupt" in err
-    else:
-        assert status == "running"
-
-
 def test_a_check_that_reads_stdout_and_stderr_as_one_pipe_submits_nothing(server, tmp_path):
     """As under `meltano config test`, which stops the tap at the first RECORD it reads.
 
@@ -431,3 +371,218 @@ def test_a_check_that_reads_stdout_and_stderr_as_one_pipe_submits_nothing(server
     assert "Traceback" not in output
     records = [m for m in parse_messages(output) if m["type"] == "RECORD"]
     assert len([m for m in records if m["stream"] == "tam_companies"]) == 30
+
+
+NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.timezone.utc)
+
+
+STREAMS = {JobType.TAM: "tam_companies", JobType.LOOKALIKE: "lookalike_companies"}
+
+
+class FakeJobAPI:
+    """Knows some jobs; counts what the planner asks."""
+
+    def __init__(self, known: set[str], credits_left: float = 1e9) -> None:
+        self.known = known
+        self.credits_left = credits_left
+        self.polls: list[str] = []
+        self.balance_calls = 0
+        self.submits = 0
+
+    def poll(self, job_type: JobType, job_id: str, cursor: str | None) -> dict[str, Any]:
+        self.polls.append(job_id)
+        if job_id not in self.known:
+            msg = "HTTP 404"
+            raise NotFoundError(msg, status=404)
+        return {"job_id": job_id, "status": "running"}
+
+    def balance(self) -> dict[str, Any]:
+        self.balance_calls += 1
+        return {"credits_left": self.credits_left}
+
+    def submit(self, job_type: JobType, body: Any) -> dict[str, Any]:  # pragma: no cover
+        self.submits += 1
+        return {"job_id": "never"}
+
+
+def settings(**config: Any) -> Settings:
+    return Settings.from_config({"api_key": API_KEY, "api_url": "http://127.0.0.1:1", **config})
+
+
+def partition(job_id: str, **fields: Any) -> dict[str, Any]:
+    return {"context": {"job_id": job_id}, **fields}
+
+
+def fingerprint_of(config: dict[str, Any]) -> str:
+    return parse_entries(config.get("tam_builds", []), config.get("lookalike_searches", []))[
+        0
+    ].fingerprint
+
+
+def plan_for(config: dict[str, Any], states: dict[str, list[dict[str, Any]]], api: FakeJobAPI):
+    planner = Planner(
+        settings(**config),
+        api,  # type: ignore[arg-type]
+        STREAMS,
+        lambda name: states.get(name, []),
+        now=lambda: NOW,
+    )
+    return planner.plan()
+
+
+def test_planner_decides_each_job_and_sends_nothing_billed():
+    search = {"lookalike_searches": [{"query": "devtools", "limit": 300}]}
+    tam = {"tam_builds": [{"query": "observability"}]}
+    fp_search = fingerprint_of(search)
+    fp_tam = fingerprint_of(tam)
+    states = {
+        "tam_companies": [
+            partition("done-id", done=True, rows_read=10),
+            partition("half-id", next_cursor="page_0003", rows_read=300),
+            partition("tam-old", fingerprint=fp_tam, submitted_at="2026-11-01T00:00:00+00:00"),
+        ],
+        "lookalike_companies": [
+            partition("gone-id", fingerprint=fp_search, submitted_at="2026-11-29T00:00:00+00:00"),
+        ],
+    }
+    api = FakeJobAPI(known={"tam-old"})
+    config = {
+        "tam_job_ids": ["done-id", "half-id", "fresh-id"],
+        "refresh_after": 7,
+        **search,
+        **tam,
+    }
+    plan = plan_for(config, states, api)
+
+    decisions = [(job.action, job.stream_name, job.job_id) for job in plan.jobs]
+    assert decisions == [
+        (Action.SKIP, "tam_companies", "done-id"),
+        (Action.ATTACH, "tam_companies", "half-id"),
+        (Action.ATTACH, "tam_companies", "fresh-id"),
+        (Action.REFRESH, "tam_companies", None),  # 29 days old, refresh_after 7
+        (Action.SUBMIT, "lookalike_companies", None),  # its job is gone (404)
+    ]
+    assert "gone" in plan.jobs[-1].reason
+    assert api.polls == ["gone-id"]  # tam-old is refreshed without asking the API
+    assert api.balance_calls == 1
+    assert api.submits == 0
+    assert plan.budget_problem is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "action"),
+    [
+        pytest.param({"done": True}, Action.SKIP, id="done"),
+        pytest.param({"failed": True}, Action.SUBMIT, id="failed"),
+        pytest.param({"next_cursor": "page_0002"}, Action.REATTACH, id="alive"),
+    ],
+)
+def test_planner_on_a_remembered_entry(fields, action):
+    config = {"tam_builds": [{"query": "observability"}]}
+    states = {
+        "tam_companies": [
+            partition(
+                "j1",
+                fingerprint=fingerprint_of(config),
+                submitted_at="2026-11-29T00:00:00+00:00",
+                **fields,
+            ),
+        ],
+    }
+    api = FakeJobAPI(known={"j1"})
+    plan = plan_for(config, states, api)
+    assert [job.action for job in plan.jobs] == [action]
+    # Only a submit needs the balance; only a live candidate needs a poll.
+    assert api.balance_calls == (1 if action is Action.SUBMIT else 0)
+    assert api.polls == (["j1"] if action is Action.REATTACH else [])
+
+
+def test_a_job_both_configured_and_remembered_is_planned_once():
+    config = {"tam_job_ids": ["j1"], "tam_builds": [{"query": "observability"}]}
+    states = {"tam_companies": [partition("j1", fingerprint=fingerprint_of(config))]}
+    plan = plan_for(config, states, FakeJobAPI(known={"j1"}))
+    assert [(job.action, job.job_id) for job in plan.jobs] == [(Action.ATTACH, "j1")]
+
+
+@pytest.mark.parametrize(
+    ("config", "credits_left", "needle"),
+    [
+        pytest.param(
+            {"lookalike_searches": [{"query": "a", "limit": 900}], "max_credits": 500},
+            1e9,
+            "above max_credits",
+            id="cap",
+        ),
+        pytest.param(
+            {"lookalike_searches": [{"query": "a", "limit": 900}]}, 100, "100 credits", id="balance"
+        ),
+    ],
+)
+def test_the_budget_is_checked_by_the_planner(config, credits_left, needle):
+    plan = plan_for(config, {}, FakeJobAPI(known=set(), credits_left=credits_left))
+    assert plan.budget_problem is not None
+    assert needle in plan.budget_problem
+    with pytest.raises(BudgetError, match="Nothing was submitted"):
+        plan.check_budget()
+    assert any("REFUSED" in line for line in plan.describe())
+
+
+def test_a_submit_never_reuses_a_connection(server):
+    client = OpenFunnelClient(api_url=server.url, api_key=API_KEY, timeout=5)
+    api = JobAPI(client)
+    api.client.get("/api/v1/credits/balance")
+    api.client.get("/api/v1/credits/balance")
+    api.submit(JobType.TAM, {"query": "observability"})
+    api.submit(JobType.LOOKALIKE, {"query": "devtools", "limit": 10})
+    api.client.get("/api/v1/credits/balance")
+    connections = [(r.method, r.connection) for r in server.requests]
+    gets = [conn for method, conn in connections if method == "GET"]
+    posts = [conn for method, conn in connections if method == "POST"]
+    # Control: the GETs share one keep-alive connection, so sharing would show.
+    assert len(set(gets)) == 1
+    assert len(set(posts)) == 2
+    assert not set(posts) & set(gets)
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(server, run_tap):
+    done = server.add_job(JobSpec(kind="tam", rows=50))
+    alive = server.add_job(JobSpec(kind="tam", rows=50))
+    entry = {"lookalike_searches": [{"query": "devtools", "limit": 300}]}
+    remembered = {"tam_builds": [{"query": "observability"}]}
+    state = {
+        "bookmarks": {
+            "tam_companies": {
+                "partitions": [
+                    partition(done, done=True, rows_read=50),
+                    partition(
+                        alive,
+                        fingerprint=fingerprint_of(remembered),
+                        origin="submitted",
+                        submitted_at="2026-11-29T00:00:00+00:00",
+                    ),
+                ],
+            },
+        },
+    }
+    config = base_config(
+        server, tam_job_ids=[done], dry_run=True, max_credits=1000, **entry, **remembered
+    )
+    run = run_tap(config, state=state)
+    assert run.returncode == 0, run.stderr
+    assert run.messages == []  # no SCHEMA, RECORD or STATE: state stays as it was
+    assert server.request_count("POST") == 0
+    assert not [r for r in server.requests if r.query.get("cursor")]
+    assert [r.path for r in server.requests if r.method == "GET"] == [
+        f"/api/v1/tam/build/{alive}",  # is the remembered job still there?
+        "/api/v1/credits/balance",
+    ]
+    for needle in (
+        f"skip      tam_companies: job {done}",
+        "re-attach tam_companies: tam_builds[0]",
+        "submit    lookalike_companies: lookalike_searches[0]",
+        "up to 300 credits",
+        "max_credits 1,000",
+        "Budget: the submits fit",
+    ):
+        assert needle in run.stderr, needle
+    assert API_KEY not in run.stderr
