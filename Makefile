@@ -43,7 +43,7 @@ $(VENV)/bin/python:
 # distribution of its own in sandbox/ (the tap's wheel holds the tap only).
 # An editable install is not byte-compiled as a wheel install is; where Python does not
 # write bytecode itself (PYTHONDONTWRITEBYTECODE, read-only images) every start would
-# compile the modules again (~60 ms for the tap's). Stale files are simply recompiled in memory.
+# compile the modules again. Stale files are simply recompiled in memory.
 $(VENV)/.installed: pyproject.toml sandbox/pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install --quiet -e . -e ./sandbox
 	$(VENV)/bin/python -m compileall -q tap_openfunnel sandbox/openfunnel_sandbox

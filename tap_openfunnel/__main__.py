@@ -17,16 +17,16 @@ def main() -> t.NoReturn:
     """Run the tap's command line, then end the process without the interpreter's teardown.
 
     At exit the interpreter frees, one object at a time, the ~500 modules the Singer SDK
-    imports: 50-100 ms, a sixth of a run with nothing to read (docs/benchmarks.md),
-    spent after the last line is out. The operating system reclaims all of it at once.
+    imports, a noticeable part of a short run (docs/benchmarks.md), spent after the
+    last line is out. The operating system reclaims all of it at once.
     Only what the caller can see is done first: buffered RECORD lines and standard
     output and error are flushed and the log handlers closed. An exception other than
     ``SystemExit`` is left to the interpreter (traceback, exit 1), as before.
 
     The tap is imported here, with the cyclic garbage collector off: while those
     modules load it would run again and again over every object created so far, for
-    next to no garbage (about 1,900 objects). What the imports built is then frozen
-    (``gc.freeze``): later collections skip it. 30-50 ms of every start.
+    next to no garbage. What the imports built is then frozen (``gc.freeze``): later
+    collections skip it.
     """
     finish(invoke_cli())
 

@@ -56,8 +56,8 @@ class OpenFunnelStream(SelectedRecordMessages):
     _tap: TapOpenFunnel
 
     # RowShaper already keeps only schema fields and coerces each to its schema type;
-    # the SDK's recursive conforming would repeat that work and cost a third of the
-    # time per record (see benchmarks/profile_tap.py).
+    # the SDK's recursive conforming would repeat that work for every record (see
+    # benchmarks/profile_tap.py).
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
 
     # The JSON columns that keep what the schema does not name (keep_unknown_fields).

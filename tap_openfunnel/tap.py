@@ -49,7 +49,7 @@ class TapOpenFunnel(Tap):
     name = "tap-openfunnel"
     # A copy: the SDK appends its built-in settings to the class's schema in place.
     config_jsonschema = copy.deepcopy(CONFIG_SCHEMA)
-    # msgspec serialises a record several times faster than the default writer, and
+    # msgspec serialises a record faster than the default writer, and
     # BlockWriter spares a write system call per record (flushing at every STATE).
     message_writer_class = BlockWriter
     capabilities: t.ClassVar[list[CapabilitiesEnum]] = [

@@ -47,7 +47,7 @@ class BlockWriter(MsgSpecWriter):
 
     The SDK's writer flushes stdout after every message, and with PYTHONUNBUFFERED
     (which schedulers and containers often set) stdout has no buffer at all: one
-    system call per record, a quarter of the tap's time per record. Here RECORD lines
+    system call per record, a large share of the tap's time per record. Here RECORD lines
     collect in a block of about 64 KiB; any other message (STATE, SCHEMA...) writes
     the block out first and flushes. So a STATE line never reaches the target before
     the records it covers, and a run that dies leaves unwritten at most records after
@@ -57,8 +57,8 @@ class BlockWriter(MsgSpecWriter):
     A STATE equal to the last one written is left out, as the SDK's state writer does;
     but told by its encoded line, not by a deep copy of every state written. The tap
     writes a STATE after a page, and the state holds a partition for every job ever read
-    (docs/state.md): with 1,000 of them the SDK's copies (and ``asdict``, see
-    :meth:`serialize_message`) took most of a 50,000-row run. The line is made in C, and
+    (docs/state.md): once many jobs are remembered, the SDK's copies (and ``asdict``,
+    see :meth:`serialize_message`) would take most of a run's time. The line is made in C, and
     comparing two is one ``memcmp``. A state that differs only in key order or in ``1``
     against ``1.0`` counts as changed here: at worst a STATE line the SDK would have
     left out, never one missed.
@@ -240,8 +240,8 @@ def widen_pipe(fd: int = 1) -> int | None:
     A pipe holds 64 KiB, about 100 records, by default: while the target loads a batch
     (and reads nothing), the tap stops after that many. With 1 MiB it goes on reading
     pages and writing about 1,500 more, which the target then reads without waiting
-    for the tap. ``tap | target-duckdb`` (10,000-row batches) on 50,000 rows took
-    4.01 s instead of 4.25 s (medians of 5 interleaved runs). It changes nothing the
+    for the tap, so a pipeline with a batching target spends less time with one side
+    idle (docs/benchmarks.md). It changes nothing the
     target has not read: records and state in the pipe are not delivered either way.
     Anything but a pipe, or a refusal (a lower ceiling, the user's pipe memory used
     up), leaves things as they were.
