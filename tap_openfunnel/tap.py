@@ -9,7 +9,6 @@ from functools import cached_property
 
 from singer_sdk import Tap
 from singer_sdk.helpers.capabilities import CapabilitiesEnum, PluginCapabilities, TapCapabilities
-from singer_sdk.singerlib import StateMessage
 from singer_sdk.tap_base import CliTestOptionValue
 
 from tap_openfunnel import cli, cli_help
@@ -29,7 +28,7 @@ from tap_openfunnel.streams import (
     CreditsBalanceStream,
     JobsStream,
 )
-from tap_openfunnel.writer import BlockWriter
+from tap_openfunnel.writer import BlockWriter, StateLines
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -81,13 +80,14 @@ class TapOpenFunnel(Tap):
         super().__init__(*args, **kwargs)
         metrics_on_debug(self.logger)  # after the SDK set the metrics logger's level
         writer = self.message_writer
+        self._state_lines = StateLines(writer)
         # The single writer of every job's state partition. Its STATE lines go straight
         # to the message writer, which leaves out a line equal to the last one.
         self.checkpoint = Checkpoint(
             lambda stream_name, job_id: self.streams[stream_name].get_context_state(
                 {"job_id": job_id},
             ),
-            lambda: writer.write_message(StateMessage(value=self.state)),
+            lambda: self._state_lines.write_state(self.state),
             hold_until_promoted=bool(self.config.get("batch_config")),
             due=writer.state_due if isinstance(writer, BlockWriter) else None,
         )
@@ -200,6 +200,14 @@ class TapOpenFunnel(Tap):
             )
             raise RunNotPreparedError(msg)
         return JobReader(self.current)
+
+    @property
+    @override
+    def state_writer(self) -> StateLines:  # type: ignore[override]
+        # What the streams write their STATE through (public): the message writer,
+        # which tells a repeated state by its encoded line, instead of the SDK's
+        # writer, which keeps a deep copy of every state it writes.
+        return self._state_lines
 
     @override
     def discover_streams(self) -> list[Stream]:

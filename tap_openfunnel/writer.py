@@ -234,6 +234,31 @@ def state_line(state: t.Mapping[str, t.Any]) -> bytearray:
     return serialize_jsonl({"type": SingerMessageType.STATE, "value": state})
 
 
+class StateLines:
+    """The state writer the streams use (``Tap.state_writer``): each STATE to the message writer.
+
+    The SDK's own ``StateWriter`` keeps a ``copy.deepcopy`` of every state it writes to
+    tell an unchanged one, and the state holds a partition for every job ever read
+    (docs/state.md): with many of them remembered, those copies cost more than the
+    records. :class:`BlockWriter` tells an unchanged state by its encoded line instead,
+    so this hands every state straight to it.
+
+    Args:
+        message_writer: The tap's message writer.
+    """
+
+    def __init__(self, message_writer: t.Any) -> None:  # noqa: ANN401 - the SDK's writer
+        self._message_writer = message_writer
+
+    def write_state(self, state: t.Mapping[str, t.Any]) -> None:
+        """Hand a STATE message to the message writer, which leaves out a repeated one.
+
+        Args:
+            state: The tap's state.
+        """
+        self._message_writer.write_message(StateMessage(value=state))
+
+
 def widen_pipe(fd: int = 1) -> int | None:
     """Let a pipe on ``fd`` hold about 1 MiB of output instead of 64 KiB.
 

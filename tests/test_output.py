@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from singer_sdk.contrib.msgspec import MsgSpecWriter
+from singer_sdk.helpers import _state as sdk_state
 from singer_sdk.singerlib import RecordMessage, StateMessage
 from support import (
     base_config,
@@ -384,16 +385,18 @@ def test_a_state_is_written_again_only_when_it_changed(tmp_path):
 
 
 def test_the_checkpoint_and_the_sdk_write_state_through_one_deduplicating_writer(server, tmp_path):
-    """The tap leaves the SDK's state writer as it is: the checkpoint's STATE lines and
-    the SDK's own both go through the tap's message writer, which tells an unchanged
-    state from its encoded line, whoever wrote the last one."""
+    """The checkpoint's STATE lines, the streams' (the public state_writer) and the
+    tap-level ones the SDK writes through its own writer all go through the tap's
+    message writer, which tells an unchanged state from its encoded line, whoever
+    wrote the last one."""
     partition = {"context": {"job_id": "a"}, "rows_read": 1, "done": True}
     state = {"bookmarks": {"tam_companies": {"partitions": [partition]}}}
     tap = TapOpenFunnel(config=base_config(server), state=state)
     assert isinstance(tap.message_writer, BlockWriter)
     with file_stdout(tmp_path) as written:
         tap.checkpoint.write()
-        tap.state_writer.write_state(tap.state)  # the SDK's route, the same state
+        tap.state_writer.write_state(tap.state)  # the streams' route, the same state
+        tap._state_writer.write_state(tap.state)  # the SDK's own, at a sync's start and end
         tap.checkpoint.write()
         lines = written().splitlines()
     assert [json.loads(line) for line in lines] == [{"type": "STATE", "value": tap.state}]
@@ -744,3 +747,38 @@ def test_batch_mode_delivers_every_row_and_state_never_runs_ahead(server, run_ta
                 # Every row the state says was read is already in a written batch file.
                 assert partition.get("rows_read", 0) <= len(ranks_seen)
     assert sorted(ranks_seen) == list(range(1, 1235))
+
+
+def test_a_state_that_has_grown_is_not_deep_copied_per_state_line(server, monkeypatch, capsys):
+    """The SDK's state writer keeps a deep copy of every state it writes: with a
+    partition for every job ever read, that would cost more than the records. Only the
+    SDK's own two tap-level writes (a sync's start and end) may copy it; the streams'
+    writes go through the tap's writer."""
+    job = server.add_job(JobSpec(kind="tam", rows=450))
+    monkeypatch.setattr(
+        TapOpenFunnel, "discover_streams", _small_state_frequency(TapOpenFunnel.discover_streams)
+    )
+    sdk_writes: list[object] = []
+    real = sdk_state.StateWriter.write_state
+
+    def counted(writer, state):
+        sdk_writes.append(state)
+        return real(writer, state)
+
+    monkeypatch.setattr(sdk_state.StateWriter, "write_state", counted)
+    cli.sync(TapOpenFunnel(config=base_config(server, tam_job_ids=[job])))
+    states = [m for m in parse_messages(capsys.readouterr().out) if m["type"] == "STATE"]
+    assert len(states) >= 5  # the streams wrote state many times over
+    assert len(sdk_writes) <= 2
+
+
+def _small_state_frequency(discover):
+    """Streams that ask the SDK for a STATE every 100 records (its default is 10,000)."""
+
+    def streams(self):
+        found = discover(self)
+        for stream in found:
+            stream.STATE_MSG_FREQUENCY = 100
+        return found
+
+    return streams

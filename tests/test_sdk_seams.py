@@ -10,6 +10,7 @@ from support import API_KEY, base_config
 from openfunnel_sandbox import JobSpec
 from tap_openfunnel.exceptions import RunNotPreparedError
 from tap_openfunnel.tap import TapOpenFunnel
+from tap_openfunnel.writer import StateLines
 
 
 def test_the_only_private_sdk_method_replaced_is_the_record_fast_path():
@@ -31,8 +32,10 @@ def test_the_only_private_sdk_method_replaced_is_the_record_fast_path():
         if callable(value) or isinstance(value, (property, classmethod, staticmethod))
     }
     assert replaced == {"Stream._write_record_message"}
-    # Nor is an SDK object swapped for one of the tap's (the SDK's state writer was).
-    assert type(tap.state_writer).__module__.startswith("singer_sdk.")
+    # Nor is an SDK object swapped behind a private name: the streams' state writer is
+    # the tap's through the public property, the SDK's own is left where it keeps it.
+    assert type(tap.state_writer) is StateLines
+    assert type(tap._state_writer).__module__.startswith("singer_sdk.")
 
 
 def test_an_embedder_plans_the_run_by_one_explicit_call(server):
