@@ -15,13 +15,18 @@ VENV := .venv
 TOOLS_VENV := .tools-venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test install meltano warehouses clean-demo
+.PHONY: demo test test-quick install meltano warehouses clean-demo
 
 demo: $(VENV)/.installed meltano
 	scripts/demo.sh
 
 test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The quick part: every test but the end-to-end runs through Meltano (no Meltano, no
+# PostgreSQL, no emulators needed).
+test-quick: $(VENV)/.installed-test $(TOOLS_VENV)/.installed
+	$(VENV)/bin/pytest -m "not e2e" $(PYTEST_ARGS)
 
 # Everything the tests, linters and type checker need (what .ci/run calls first).
 install: $(VENV)/.installed-test $(TOOLS_VENV)/.installed meltano warehouses

@@ -88,19 +88,7 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
     # Before anything can echo it (the SDK's own config validation included).
     key = raw.get("api_key") if isinstance(raw, dict) else None
     install_secret_filter(str(key or os.environ.get("TAP_OPENFUNNEL_API_KEY", "")).strip())
-    state_value, form = None, None
-    try:
-        if state is not None:
-            state_value, form = read_state(state.read())
-        catalog_value = None if catalog is None else json.loads(catalog.read())
-    except StateFileError as exc:
-        fail(tap_class.logger, str(exc))
-    except (ValueError, RecursionError) as exc:
-        fail(
-            tap_class.logger,
-            f"A state or catalog file given to the tap is not valid JSON ({exc}). Fix the "
-            "file, or pass a state file that a previous run wrote.",
-        )
+    state_value, form, catalog_value = _read_files(tap_class.logger, state, catalog)
     if form is not None:
         tap_class.logger.info("The state given with --state is %s; reading its state.", form)
     problem = None if state_value is None else state_problem(state_value)
@@ -149,6 +137,42 @@ def build(  # noqa: PLR0913 - the CLI's inputs, keyword-only
             tap_class.logger.removeFilter(quiet)
     exit_on_signals(tap)
     return tap
+
+
+def _read_files(
+    logger: logging.Logger,
+    state: t.IO[str] | None,
+    catalog: t.IO[str] | None,
+) -> tuple[t.Any, str | None, t.Any]:
+    """The --state file (its value and form) and the --catalog file, or one paragraph."""
+    state_value, form = None, None
+    try:
+        if state is not None:
+            state_value, form = read_state(state.read())
+    except StateFileError as exc:
+        fail(logger, str(exc))
+    except (ValueError, RecursionError) as exc:
+        fail(
+            logger,
+            f"The state file given with --state ({_file_name(state)}) is not valid JSON "
+            f"({exc}). Fix the file, or pass a state file that a previous run wrote (or no "
+            "--state, to start from a clean state).",
+        )
+    try:
+        catalog_value = None if catalog is None else json.loads(catalog.read())
+    except (ValueError, RecursionError) as exc:
+        fail(
+            logger,
+            f"The catalog file given with --catalog ({_file_name(catalog)}) is not valid "
+            f"JSON ({exc}). Fix the file, or write a new one with `tap-openfunnel "
+            "--discover` (Meltano makes its own: leave --catalog out there).",
+        )
+    return state_value, form, catalog_value
+
+
+def _file_name(file: t.IO[str] | None) -> str:
+    name = getattr(file, "name", None)
+    return name if isinstance(name, str) else "an unnamed stream"
 
 
 class _DropMessage(logging.Filter):

@@ -339,7 +339,8 @@ class SelectedRecordMessages(Stream):
     object as the record before shares that record's time; any other gets a fresh one.
 
     ``_write_record_message`` is the one private SDK method the tap replaces (pinned by
-    tests/test_output.py); docs/how-it-works.md says what it saves.
+    tests/test_output.py, and as the only one by tests/test_sdk_seams.py);
+    docs/how-it-works.md says what it saves.
     """
 
     _decided = False

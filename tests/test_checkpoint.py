@@ -246,7 +246,7 @@ def test_unreadable_state_file_is_a_clear_error(server, tmp_path):
         check=False,
     )
     assert proc.returncode == 1
-    assert "not valid JSON" in proc.stderr
+    assert f"The state file given with --state ({state}) is not valid JSON" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -442,3 +442,16 @@ def test_missing_api_key_names_it_without_traceback(server, run_tap):
     assert run.returncode != 0
     assert "api_key" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_catalog_that_is_not_json_is_named_with_its_option(server, tmp_path):
+    """A broken --catalog is not blamed on the state, and the advice fits a catalog."""
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text("{not json", encoding="utf-8")
+    run = run_cli(tmp_path, base_config(server), "--catalog", str(catalog))
+    assert run.returncode == 1
+    assert f"The catalog file given with --catalog ({catalog}) is not valid JSON" in run.stderr
+    assert "--discover" in run.stderr
+    assert "state" not in error_lines(run.stderr)[0]
+    assert "Traceback" not in run.stderr
+    assert server.requests == []
