@@ -250,6 +250,60 @@ class Checkpoint:
         return self._partition(self._streams[job_id], job_id)
 
 
+class PartitionIndex:
+    """Each job's live state partition, found by its job id in one look-up.
+
+    The SDK finds a partition (``Stream.get_context_state``) by comparing the context
+    with every partition of the stream, and the checkpoint asks several times per job:
+    with thousands of jobs in one run or in state, that scan made the run quadratic in
+    its jobs. Here a stream's partitions are indexed once, on first use, and a new job
+    gets its partition appended as the SDK would create it (``{"context": {"job_id":
+    ...}}``). The partitions stay the SDK's own objects, in the SDK's list: what the SDK
+    later reads or writes of them is the same either way.
+
+    Args:
+        stream_state: Returns a stream's live, writable state (``Stream.stream_state``).
+    """
+
+    def __init__(self, stream_state: Callable[[str], dict[str, t.Any]]) -> None:
+        self._stream_state = stream_state
+        self._index: dict[str, dict[str, dict[str, t.Any]]] = {}
+        self._lists: dict[str, list[dict[str, t.Any]]] = {}
+
+    def __call__(self, stream_name: str, job_id: str) -> dict[str, t.Any]:
+        """The partition of ``job_id`` in ``stream_name``'s state, created if absent.
+
+        Args:
+            stream_name: The job's company stream.
+            job_id: The job.
+
+        Returns:
+            The live partition.
+        """
+        index = self._index.get(stream_name)
+        if index is None:
+            index = self._build(stream_name)
+        found = index.get(job_id)
+        if found is None:
+            found = {"context": {"job_id": job_id}}
+            self._lists[stream_name].append(found)
+            index[job_id] = found
+        return found
+
+    def _build(self, stream_name: str) -> dict[str, dict[str, t.Any]]:
+        partitions = self._stream_state(stream_name).setdefault("partitions", [])
+        index: dict[str, dict[str, t.Any]] = {}
+        for partition in partitions:
+            context = partition.get("context") if isinstance(partition, dict) else None
+            if isinstance(context, dict) and context.keys() == {"job_id"}:
+                job_id = context["job_id"]
+                if isinstance(job_id, str):
+                    index.setdefault(job_id, partition)  # the first, as the SDK finds it
+        self._lists[stream_name] = partitions
+        self._index[stream_name] = index
+        return index
+
+
 _PARTITION_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "next_cursor": ((str, type(None)), "a page name or null"),
     "rows_read": ((int,), "a whole number of at least 0"),
@@ -287,10 +341,18 @@ def state_problem(state: object) -> str | None:
         partitions = entry.get("partitions", [])
         if not isinstance(partitions, list):
             return f"{where}.partitions is not a list"
+        seen: dict[object, int] = {}
         for index, partition in enumerate(partitions):
             problem = _partition_problem(partition)
             if problem is not None:
                 return f"{where}.partitions[{index}]{problem}"
+            context = json.dumps(partition["context"], sort_keys=True)
+            if context in seen:
+                return (
+                    f"{where}.partitions[{index}] has the context of partitions"
+                    f"[{seen[context]}]: one job, two positions"
+                )
+            seen[context] = index
     return None
 
 

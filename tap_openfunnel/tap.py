@@ -13,7 +13,7 @@ from singer_sdk.tap_base import CliTestOptionValue
 
 from tap_openfunnel import cli, cli_help
 from tap_openfunnel.api import JobAPI
-from tap_openfunnel.checkpoint import Checkpoint
+from tap_openfunnel.checkpoint import Checkpoint, PartitionIndex
 from tap_openfunnel.exceptions import RunNotPreparedError
 from tap_openfunnel.families import FAMILIES
 from tap_openfunnel.journal import Journal
@@ -84,9 +84,7 @@ class TapOpenFunnel(Tap):
         # The single writer of every job's state partition. Its STATE lines go straight
         # to the message writer, which leaves out a line equal to the last one.
         self.checkpoint = Checkpoint(
-            lambda stream_name, job_id: self.streams[stream_name].get_context_state(
-                {"job_id": job_id},
-            ),
+            PartitionIndex(lambda stream_name: self.streams[stream_name].stream_state),
             lambda: self._state_lines.write_state(self.state),
             hold_until_promoted=bool(self.config.get("batch_config")),
             due=writer.state_due if isinstance(writer, BlockWriter) else None,

@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 from hostile import BAD, GOOD, HostileAPI, HostileJob, assert_clean, run_against
-from support import API_KEY, base_config, tap_command, tap_env, write_json
+from singer_sdk.helpers import _state as sdk_state
+from support import API_KEY, base_config, parse_messages, tap_command, tap_env, write_json
 
 from openfunnel_sandbox import JobSpec
-from tap_openfunnel.checkpoint import Checkpoint, Position, state_problem
+from tap_openfunnel import cli
+from tap_openfunnel.checkpoint import Checkpoint, PartitionIndex, Position, state_problem
+from tap_openfunnel.tap import TapOpenFunnel
 
 UUID = "8a8e8a97-8192-48ff-849a-d8a96e949732"
 
@@ -280,6 +283,21 @@ BAD_STATES = [
         "bookmarks.jobs.partitions[0].done",
         id="done",
     ),
+    pytest.param(
+        {
+            "bookmarks": {
+                "tam_companies": {
+                    "partitions": [
+                        {"context": {"job_id": GOOD}, "rows_read": 100, "next_cursor": "page_0001"},
+                        {"context": {"job_id": "other"}},
+                        {"context": {"job_id": GOOD}, "rows_read": 300, "done": True},
+                    ]
+                }
+            }
+        },
+        "partitions[2] has the context of partitions[0]: one job, two positions",
+        id="one-job-twice",
+    ),
 ]
 
 
@@ -322,3 +340,52 @@ def test_a_state_cursor_the_api_does_not_know_is_named(tmp_path):
     assert "the job itself is fine" in run.stderr
     assert "Remove it from the config" not in run.stderr
     assert_clean(run)
+
+
+def test_the_partition_index_hands_out_the_sdks_own_partitions(server):
+    """Found by job id in one look-up, the partitions are the very objects the SDK's
+    own (scanning) look-up finds, for jobs already in state and for new ones alike."""
+    state = {
+        "bookmarks": {
+            "tam_companies": {
+                "partitions": [
+                    {"context": {"job_id": "a"}, "rows_read": 100, "next_cursor": "page_0001"},
+                    {"context": {"job_id": "b"}, "rows_read": 200, "done": True},
+                ]
+            }
+        }
+    }
+    tap = TapOpenFunnel(config=base_config(server), state=state, parse_env_config=False)
+    stream = tap.streams["tam_companies"]
+    index = PartitionIndex(lambda name: tap.streams[name].stream_state)
+    for job_id in ("b", "a", "new", "b"):
+        assert index("tam_companies", job_id) is stream.get_context_state({"job_id": job_id})
+    assert [
+        p["context"]["job_id"] for p in tap.state["bookmarks"]["tam_companies"]["partitions"]
+    ] == [
+        "a",
+        "b",
+        "new",
+    ]
+    assert index("tam_companies", "a")["next_cursor"] == "page_0001"
+
+
+def test_a_run_of_many_jobs_finds_their_partitions_without_scanning_them(
+    server, monkeypatch, capsys
+):
+    """The SDK's partition look-up compares the context with every partition: asked
+    per job (and several times), it made a run quadratic in its jobs. A sync reads
+    each job's partition by its id instead."""
+    jobs = [server.add_job(JobSpec(kind="tam", rows=2)) for _ in range(40)]
+    scans: list[int] = []
+    real = sdk_state._find_in_partitions_list
+
+    def counted(partitions, context):
+        scans.append(len(partitions))
+        return real(partitions, context)
+
+    monkeypatch.setattr(sdk_state, "_find_in_partitions_list", counted)
+    cli.sync(TapOpenFunnel(config=base_config(server, tam_job_ids=jobs)))
+    records = [m for m in parse_messages(capsys.readouterr().out) if m["type"] == "RECORD"]
+    assert sum(m["stream"] == "tam_companies" for m in records) == 80
+    assert len(scans) < len(jobs)  # not one scan (or four) per job
