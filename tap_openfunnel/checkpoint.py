@@ -338,21 +338,27 @@ def state_problem(state: object) -> str | None:
         where = f"bookmarks.{stream}"
         if not isinstance(entry, dict):
             return f"{where} is not an object"
-        partitions = entry.get("partitions", [])
-        if not isinstance(partitions, list):
-            return f"{where}.partitions is not a list"
-        seen: dict[object, int] = {}
-        for index, partition in enumerate(partitions):
-            problem = _partition_problem(partition)
-            if problem is not None:
-                return f"{where}.partitions[{index}]{problem}"
-            context = json.dumps(partition["context"], sort_keys=True)
-            if context in seen:
-                return (
-                    f"{where}.partitions[{index}] has the context of partitions"
-                    f"[{seen[context]}]: one job, two positions"
-                )
-            seen[context] = index
+        problem = _partitions_problem(where, entry.get("partitions", []))
+        if problem is not None:
+            return problem
+    return None
+
+
+def _partitions_problem(where: str, partitions: object) -> str | None:
+    if not isinstance(partitions, list):
+        return f"{where}.partitions is not a list"
+    seen: dict[str, int] = {}
+    for index, partition in enumerate(partitions):
+        problem = _partition_problem(partition)
+        if problem is not None:
+            return f"{where}.partitions[{index}]{problem}"
+        context = json.dumps(partition["context"], sort_keys=True)
+        if context in seen:
+            return (
+                f"{where}.partitions[{index}] has the context of partitions"
+                f"[{seen[context]}]: one job, two positions"
+            )
+        seen[context] = index
     return None
 
 
