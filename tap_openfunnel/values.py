@@ -57,15 +57,17 @@ def to_number(value: object) -> float | None:
 
 
 def to_string(value: object) -> str | None:
-    """Clean text; a list or object becomes its JSON, a scalar its ``str``."""
+    """Clean text; any other JSON value becomes its JSON text (``true``, ``12``, ``{...}``).
+
+    JSON text, not Python's: a boolean the API sent lands as ``true``, as a reader of
+    the API would write it, not ``True``.
+    """
     if isinstance(value, str):
         return clean_text(value)
-    if isinstance(value, (dict, list)):
-        try:
-            return clean_text(json.dumps(value, ensure_ascii=False))
-        except (ValueError, RecursionError):
-            return None  # nested too deep to be data
-    return str(value)
+    try:
+        return clean_text(json.dumps(value, ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
+        return None  # nested too deep to be data
 
 
 def to_boolean(value: object) -> bool | None:
@@ -82,12 +84,10 @@ def to_string_list(value: object) -> list[str] | None:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
-        # A null inside a list of strings carries nothing; other items become text.
-        return [
-            clean_text(item) if isinstance(item, str) else str(to_string(item))
-            for item in value
-            if item is not None
-        ]
+        # A null inside a list of strings carries nothing; other items become their
+        # JSON text, and one nested too deep to be data is left out as a null is.
+        texts = (to_string(item) for item in value if item is not None)
+        return [text for text in texts if text is not None]
     return None
 
 

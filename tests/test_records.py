@@ -423,3 +423,30 @@ def test_odd_values_become_safe_records(tmp_path):
     (job,) = [r for r in run.records("jobs") if r["job_id"] == BAD]
     assert job["progress_message"] == "done for ***"
     assert job["error_message"] == "***"
+
+
+@pytest.mark.parametrize(
+    ("sent", "text"),
+    [
+        pytest.param(True, "true", id="true"),
+        pytest.param(False, "false", id="false"),
+        pytest.param(12, "12", id="int"),
+        pytest.param(2.5, "2.5", id="float"),
+        pytest.param({"a": [1, None]}, '{"a": [1, null]}', id="object"),
+        pytest.param("Tøj", "Tøj", id="text"),
+    ],
+)
+def test_a_value_in_a_text_column_lands_as_its_json_text(sent, text):
+    """A value of another JSON type in a string column, or in a list of strings, lands
+    as a reader of the API would write it (``true``, ``null``), not as Python's text."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": ["string", "null"]},
+            "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+        },
+    }
+    (record,) = RowShaper(schema).records(
+        [{"name": sent, "tags": [sent, None, "x"]}], job_id="j", page="page_0000", first_rank=1
+    )
+    assert (record["name"], record["tags"]) == (text, [text, "x"])
