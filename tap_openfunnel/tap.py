@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import sys
 import typing as t
 from functools import cached_property
@@ -248,6 +249,7 @@ class TapOpenFunnel(Tap):
         if value != CliTestOptionValue.All.value:
             super().cb_test(ctx, param, value)
             return
+        _close_files(ctx)  # not read by a connection check, which may end with a failure
         cli.connection_test(cli.build(cls, ctx.params.get("config")))
         ctx.exit(0)
 
@@ -256,6 +258,7 @@ class TapOpenFunnel(Tap):
     def cb_discover(cls, ctx: click.Context, param: click.Option, value: bool) -> None:
         # The SDK's discovery only warns "Config validation failed" on a bad config.
         if value:
+            _close_files(ctx)  # discovery reads neither, and may end with a failure
             cli.discover(cls, ctx.params.get("config"))
             ctx.exit()
 
@@ -275,3 +278,15 @@ class TapOpenFunnel(Tap):
                 f"Could not read the config given with --config ({exc}). Pass a readable "
                 "JSON file, or ENV to take settings from TAP_OPENFUNNEL_* variables.",
             )
+
+
+def _close_files(ctx: click.Context) -> None:
+    """Close the --state and --catalog files click opened, before an early exit.
+
+    ``--test`` and ``--discover`` end the command from their callbacks (or fail there),
+    and click then leaves the files it opened for the garbage collector (a
+    ResourceWarning).
+    """
+    for value in ctx.params.values():
+        if isinstance(value, io.IOBase | io.TextIOWrapper):
+            value.close()

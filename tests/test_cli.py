@@ -455,3 +455,30 @@ def test_a_catalog_that_is_not_json_is_named_with_its_option(server, tmp_path):
     assert "state" not in error_lines(run.stderr)[0]
     assert "Traceback" not in run.stderr
     assert server.requests == []
+
+
+@pytest.mark.parametrize("flag", ["--test", "--discover"])
+def test_an_early_exit_closes_the_files_click_opened(server, tmp_path, flag):
+    """--test and --discover end the command from their callbacks (--test here with a
+    refused connection, so with a failure): the --catalog file click opened is closed
+    first, not left to the garbage collector (a ResourceWarning under Meltano)."""
+    config = write_json(
+        tmp_path / "c.json", base_config(server, api_url=f"http://127.0.0.1:{closed_port()}")
+    )
+    catalog = write_json(tmp_path / "catalog.json", {"streams": []})
+    script = (
+        "import sys; from tap_openfunnel.tap import TapOpenFunnel\n"
+        f"sys.argv = ['tap-openfunnel', '--config', {str(config)!r}, '--catalog', "
+        f"{str(catalog)!r}, {flag!r}]\n"
+        "try:\n    TapOpenFunnel.cli()\nexcept SystemExit:\n    pass\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "always", "-c", script],
+        capture_output=True,
+        text=True,
+        env=tap_env(),
+        timeout=60,
+        check=False,
+    )
+    assert ("Connection test failed" in proc.stderr) == (flag == "--test")
+    assert "ResourceWarning" not in proc.stderr
