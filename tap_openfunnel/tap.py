@@ -288,5 +288,5 @@ def _close_files(ctx: click.Context) -> None:
     ResourceWarning).
     """
     for value in ctx.params.values():
-        if isinstance(value, io.IOBase | io.TextIOWrapper):
+        if isinstance(value, io.IOBase):  # a text file included
             value.close()
